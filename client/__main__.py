@@ -1,0 +1,57 @@
+"""Command-line client: ``python -m client tokenize --url HOST:GRPC_PORT WAV``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from client.audio_io import read_wav
+from client.tokenize import chunks, tokenize, tokenize_streaming
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    audio, sr = read_wav(args.wav)
+    client = grpcclient.InferenceServerClient(args.url)
+    try:
+        if args.stream:
+            pieces = list(chunks(audio, max(1, sr * args.chunk_ms // 1000)))
+            replies, last = tokenize_streaming(client, pieces, sr)
+            text = "".join(r.token_string for r in [*replies, last])
+            lat = [r.latency_s * 1000 for r in replies]
+            if args.verbose and lat:
+                print(f"# {len(pieces)} chunks of {args.chunk_ms} ms; per-chunk latency ms: "
+                      f"median {sorted(lat)[len(lat) // 2]:.1f}, max {max(lat):.1f}", file=sys.stderr)
+        else:
+            reply = tokenize(client, audio, sr, segment_ms=args.segment_ms)
+            text = reply.token_string
+            if args.verbose:
+                print(f"# {len(audio) / sr:.2f} s audio, {len(reply.audio_tokens)} tokens, "
+                      f"{reply.latency_s * 1000:.1f} ms", file=sys.stderr)
+    except InferenceServerException as exc:
+        print(f"error: {exc.message()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client")
+    sub = parser.add_subparsers(dest="command", required=True)
+    tok = sub.add_parser("tokenize", help="print the <audio_N> token string of a WAV file")
+    tok.add_argument("wav")
+    tok.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT")
+    tok.add_argument("--stream", action="store_true", help="use the streaming model, chunk by chunk")
+    tok.add_argument("--chunk-ms", type=int, default=100)
+    tok.add_argument("--segment-ms", type=int, default=None, help="vq06 segment (offline); default 30 s")
+    tok.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    return _tokenize(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

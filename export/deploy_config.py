@@ -1,0 +1,132 @@
+"""The one typed deployment config that renders every config.pbtxt.
+
+Presets are data (a dict per preset); overrides are dotted ``section.field=value`` strings,
+parsed with the field's type. Every parameter a model reads is a field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+TOKENIZER_DIR = "Step-Audio-Tokenizer"
+TTS_DIR = "Step-Audio-TTS-3B"
+CHAT_DIR = "Step-Audio-Chat"
+CHECKPOINT_DIRS = (TOKENIZER_DIR, CHAT_DIR, TTS_DIR)
+
+
+@dataclass
+class AudioTokenizerConfig:
+    instances: int = 1
+    device: str = "cpu"  # "cpu" or "cuda"
+    torch_threads: int = 1
+    onnx_threads: int = 1
+    onnx_providers: str = "CPUExecutionProvider"  # comma-separated, in order of preference
+    max_audio_s: float = 600.0
+
+
+@dataclass
+class AudioTokenizerStreamConfig:
+    instances: int = 1
+    device: str = "cpu"
+    torch_threads: int = 1
+    onnx_threads: int = 1
+    onnx_providers: str = "CPUExecutionProvider"
+    max_audio_s: float = 600.0
+    segment_ms: int = 2400  # vq06 segment; a multiple of 120 ms
+    normalization: str = "running"  # running | none | utterance
+    idle_timeout_s: float = 60.0
+    max_streams: int = 256
+    max_batch_size: int = 16  # sequences the batcher may hand to one execute()
+    max_queue_delay_us: int = 2000
+
+
+@dataclass
+class DeploymentConfig:
+    preset: str
+    checkpoints: Path
+    audio_tokenizer: AudioTokenizerConfig = field(default_factory=AudioTokenizerConfig)
+    audio_tokenizer_stream: AudioTokenizerStreamConfig = field(default_factory=AudioTokenizerStreamConfig)
+
+    def present_checkpoints(self) -> dict[str, bool]:
+        return {name: (self.checkpoints / name).is_dir() for name in CHECKPOINT_DIRS}
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The embedded default: tiny checkpoints, CPU, one instance per model (a laptop / CI).
+    "cpu": {
+        "audio_tokenizer": {"instances": 1, "torch_threads": 1},
+        "audio_tokenizer_stream": {"instances": 1, "torch_threads": 1},
+    },
+    # One GPU node with the official checkpoints.
+    "gpu": {
+        "audio_tokenizer": {
+            "instances": 2, "device": "cuda", "torch_threads": 4,
+            "onnx_providers": "CUDAExecutionProvider,CPUExecutionProvider",
+        },
+        "audio_tokenizer_stream": {
+            "instances": 2, "device": "cuda", "torch_threads": 4,
+            "onnx_providers": "CUDAExecutionProvider,CPUExecutionProvider", "max_batch_size": 32,
+        },
+    },
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: str, typ: Any) -> Any:
+    if typ is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"expected a boolean, got {value!r}")
+    try:
+        return typ(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"expected {typ.__name__}, got {value!r}") from exc
+
+
+def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+    hints = get_type_hints(type(section))
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{where}.{key}: unknown field (known: {', '.join(hints)})")
+        setattr(section, key, _coerce(value, hints[key]) if isinstance(value, str) else value)
+
+
+def load_config(preset: str, checkpoints: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DeploymentConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    cfg = DeploymentConfig(preset=preset, checkpoints=Path(checkpoints).resolve())
+    for section_name, values in PRESETS[preset].items():
+        _apply(getattr(cfg, section_name), values, section_name)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section_name, dot, field_name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        section = getattr(cfg, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section):
+            raise ConfigError(f"override {item!r}: unknown section {section_name!r}")
+        _apply(section, {field_name: value.strip()}, section_name)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DeploymentConfig) -> None:
+    s = cfg.audio_tokenizer_stream
+    if s.segment_ms <= 0 or s.segment_ms % 120:
+        raise ConfigError(f"audio_tokenizer_stream.segment_ms={s.segment_ms}: must be a positive multiple of 120")
+    if s.normalization not in ("running", "none", "utterance"):
+        raise ConfigError(f"audio_tokenizer_stream.normalization={s.normalization!r}: running | none | utterance")
+    for name in ("audio_tokenizer", "audio_tokenizer_stream"):
+        section = getattr(cfg, name)
+        if section.instances < 1:
+            raise ConfigError(f"{name}.instances must be >= 1")
+        if section.device not in ("cpu", "cuda"):
+            raise ConfigError(f"{name}.device={section.device!r}: cpu | cuda")

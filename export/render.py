@@ -1,0 +1,143 @@
+"""Render a fresh, servable model repository from the deployment config.
+
+Templates (``model_repository/<model>/config.pbtxt.tmpl``) are never edited in place; the output
+folder is rebuilt from scratch. Rendering is strict: a placeholder without a value is an error,
+and no ``${`` may survive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from client import tensors as T
+from export.deploy_config import TOKENIZER_DIR, DeploymentConfig
+
+TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
+PLACEHOLDER_RE = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_]")
+
+
+class RenderError(RuntimeError):
+    pass
+
+
+def _tensor_block(kind: str, specs: tuple[T.TensorSpec, ...]) -> str:
+    items = []
+    for s in specs:
+        extra = ""
+        if s.optional:
+            extra += " optional: true"
+        if s.ragged:
+            extra += " allow_ragged_batch: true"
+        dims = ", ".join(str(d) for d in s.dims)
+        items.append(f'  {{ name: "{s.name}" data_type: {s.triton_dtype} dims: [ {dims} ]{extra} }}')
+    return f"{kind} [\n" + ",\n".join(items) + "\n]"
+
+
+def _parameters(params: dict[str, object]) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return str(v)
+
+    lines = [f'  {{ key: "{k}" value {{ string_value: "{fmt(v)}" }} }}' for k, v in params.items()]
+    return ",\n".join(lines)
+
+
+def _section_params(section: object) -> dict[str, object]:
+    skip = {"instances", "max_batch_size", "max_queue_delay_us"}
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name not in skip}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    checkpoint: str  # the checkpoint folder it needs
+    values: Callable[[DeploymentConfig], dict[str, object]]
+
+
+def _tokenizer_values(cfg: DeploymentConfig) -> dict[str, object]:
+    s = cfg.audio_tokenizer
+    return {
+        "name": T.AUDIO_TOKENIZER,
+        "inputs": _tensor_block("input", T.AUDIO_TOKENIZER_INPUTS),
+        "outputs": _tensor_block("output", T.AUDIO_TOKENIZER_OUTPUTS),
+        "instances": s.instances,
+        "instance_kind": "KIND_GPU" if s.device == "cuda" else "KIND_CPU",
+        "parameters": _parameters({"checkpoint_dir": cfg.checkpoints / TOKENIZER_DIR, **_section_params(s)}),
+    }
+
+
+def _stream_values(cfg: DeploymentConfig) -> dict[str, object]:
+    s = cfg.audio_tokenizer_stream
+    return {
+        "name": T.AUDIO_TOKENIZER_STREAM,
+        "inputs": _tensor_block("input", T.STREAM_INPUTS),
+        "outputs": _tensor_block("output", T.STREAM_OUTPUTS),
+        "max_batch_size": s.max_batch_size,
+        "max_sequence_idle_us": int(s.idle_timeout_s * 1_000_000),
+        "max_candidate_sequences": s.max_streams,
+        "max_queue_delay_us": s.max_queue_delay_us,
+        "control_start": T.CONTROL_START,
+        "control_end": T.CONTROL_END,
+        "control_corrid": T.CONTROL_CORRID,
+        "instances": s.instances,
+        "instance_kind": "KIND_GPU" if s.device == "cuda" else "KIND_CPU",
+        "parameters": _parameters({"checkpoint_dir": cfg.checkpoints / TOKENIZER_DIR, **_section_params(s)}),
+    }
+
+
+MODELS = (
+    ModelSpec(T.AUDIO_TOKENIZER, TOKENIZER_DIR, _tokenizer_values),
+    ModelSpec(T.AUDIO_TOKENIZER_STREAM, TOKENIZER_DIR, _stream_values),
+)
+
+
+def render_text(template: str, values: dict[str, object], where: str) -> str:
+    try:
+        text = string.Template(template).substitute({k: str(v) for k, v in values.items()})
+    except KeyError as exc:
+        raise RenderError(f"{where}: no value for placeholder ${{{exc.args[0]}}}") from exc
+    except ValueError as exc:
+        raise RenderError(f"{where}: malformed placeholder ({exc})") from exc
+    left = PLACEHOLDER_RE.findall(text)
+    if left:
+        raise RenderError(f"{where}: placeholders survived rendering: {left}")
+    return text
+
+
+@dataclass
+class BuildReport:
+    out_dir: Path
+    models: list[str]
+    missing_checkpoints: list[str]
+
+
+def build_repository(cfg: DeploymentConfig, out_dir: str | Path, template_root: Path = TEMPLATE_ROOT) -> BuildReport:
+    out_dir = Path(out_dir)
+    present = cfg.present_checkpoints()
+    missing = [name for name, ok in present.items() if not ok]
+    specs = [m for m in MODELS if present.get(m.checkpoint)]
+    if not specs:
+        raise RenderError(
+            f"{cfg.checkpoints}: holds none of the servable checkpoint folders "
+            f"({', '.join(sorted({m.checkpoint for m in MODELS}))})"
+        )
+    staging = out_dir.with_name(out_dir.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for spec in specs:
+        src = template_root / spec.name
+        tmpl = src / "config.pbtxt.tmpl"
+        dst = staging / spec.name
+        (dst / "1").mkdir(parents=True)
+        (dst / "config.pbtxt").write_text(render_text(tmpl.read_text(encoding="utf-8"), spec.values(cfg), str(tmpl)))
+        shutil.copy2(src / "1" / "model.py", dst / "1" / "model.py")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return BuildReport(out_dir, [s.name for s in specs], missing)
