@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stepaudio.audio.preprocess import check_waveform
 from stepaudio.tokenizer.files import locate_tokenizer_files
 from stepaudio.tokenizer.linguistic import ParaformerLinguisticEncoder
 from stepaudio.tokenizer.semantic import REFERENCE_SEGMENT_MS, SpeechTokenizerV1
@@ -47,6 +48,7 @@ class AudioTokenizer:
         normalization: Normalization = "utterance",
     ) -> TokenizeResult:
         """Whole-utterance tokenization; the defaults reproduce the reference chat-input path."""
+        check_waveform(audio)  # empty, NaN/inf, dtype, shape: rejected before any work
         s = self.session(sample_rate_hz, segment_ms, normalization)
         s.feed(audio)
         s.flush()
