@@ -44,6 +44,7 @@ class StreamRegistry:
         self._streams: dict[int | str, _Entry] = {}
         self._lock = threading.Lock()
         self.expired_total = 0
+        self.on_change: Callable[[int], None] | None = None  # called with the open-stream count
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -54,6 +55,7 @@ class StreamRegistry:
     ) -> np.ndarray:
         """Apply one chunk; returns the N values completed by it (all remaining ones at end)."""
         self.expire_idle()
+        started = False
         with self._lock:
             entry = self._streams.get(stream_id)
             if start:
@@ -63,12 +65,15 @@ class StreamRegistry:
                     raise StreamError(f"too many open streams ({self.max_streams}); end or cancel some first")
                 entry = _Entry(self._new_session(sample_rate_hz), int(sample_rate_hz), self._clock())
                 self._streams[stream_id] = entry
+                started = True
             elif entry is None:
                 raise StreamError(
                     f"unknown stream id {stream_id!r}: not started, already ended, or expired after "
                     f"{self.idle_timeout_s:g} s idle"
                 )
             entry.last_used_s = self._clock()
+        if started:
+            self._changed()
         if cancel:
             self.drop(stream_id)
             return np.zeros(0, dtype=np.int64)
@@ -90,7 +95,13 @@ class StreamRegistry:
 
     def drop(self, stream_id: int | str) -> bool:
         with self._lock:
-            return self._streams.pop(stream_id, None) is not None
+            dropped = self._streams.pop(stream_id, None) is not None
+        self._changed()
+        return dropped
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(len(self._streams))
 
     def expire_idle(self) -> int:
         now = self._clock()
@@ -99,6 +110,8 @@ class StreamRegistry:
             for k in stale:
                 del self._streams[k]
         self.expired_total += len(stale)
+        if stale:
+            self._changed()
         return len(stale)
 
     def clear(self) -> None:

@@ -45,10 +45,12 @@ class TritonPythonModel:
         self.streams.start_sweeper()
         self._gauge = None
         try:
-            family = pb_utils.MetricFamily(
+            # The family must outlive its metrics, so the instance keeps it.
+            self._family = family = pb_utils.MetricFamily(
                 name="audio_tokenizer_open_streams", description="Open streaming tokenizer sessions",
                 kind=pb_utils.MetricFamily.GAUGE)
             self._gauge = family.Metric(labels={"model": args["model_name"], "instance": args["model_instance_name"]})
+            self.streams.on_change = self._gauge.set
         except Exception:  # custom metrics are optional
             log.warning("custom metrics unavailable")
 
@@ -78,8 +80,6 @@ class TritonPythonModel:
                 log.error("audio_tokenizer_stream: %s", traceback.format_exc())
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"internal error: {type(exc).__name__}: {exc}")))
-        if self._gauge is not None:
-            self._gauge.set(len(self.streams))
         return responses
 
     def finalize(self):
