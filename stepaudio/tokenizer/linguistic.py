@@ -112,7 +112,10 @@ class ParaformerLinguisticEncoder:
         except Exception as exc:
             raise CheckpointError(f"{files.config_yaml}: cannot build ParaformerStreaming ({exc})") from exc
         state = _load_state_dict(files.model_pt)
-        result = model.load_state_dict(state, strict=False)
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches between config and weights
+            raise CheckpointError(f"{files.model_pt}: weights do not fit {files.config_yaml.name} ({exc})") from exc
         if result.missing_keys:
             raise CheckpointError(
                 f"{files.model_pt}: {len(result.missing_keys)} parameters missing for the config "

@@ -46,10 +46,6 @@ class TritonPythonModel:
         norm = _optional(request, T.NORMALIZATION.name)
         if norm is not None:
             kwargs["normalization"] = norm.reshape(-1)[0].decode("utf-8")
-        if audio.size / max(int(sr[0]), 1) > self.tokenizer.max_audio_s:
-            raise AudioInputError(
-                f"audio is {audio.size / int(sr[0]):.1f} s, over the maximum of {self.tokenizer.max_audio_s:g} s"
-            )
         result = self.tokenizer.tokenize(audio, int(sr[0]), **kwargs)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor(T.AUDIO_TOKENS.name, result.audio_n.astype(np.int32)),
