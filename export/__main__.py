@@ -9,6 +9,7 @@ from pathlib import Path
 
 from export.deploy_config import ConfigError, load_config
 from export.render import RenderError, build_repository
+from stepaudio.tokenizer.files import CheckpointError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "tiny"
@@ -35,7 +36,12 @@ def ensure_tiny_checkpoints(checkpoints: Path) -> None:
 
 
 def build(checkpoints: Path, out: Path, preset: str, overrides: list[str]):
+    from export.deploy_config import TOKENIZER_DIR
+    from stepaudio.tokenizer.files import locate_tokenizer_files
+
     cfg = load_config(preset, checkpoints, overrides)
+    if (cfg.checkpoints / TOKENIZER_DIR).is_dir():
+        locate_tokenizer_files(cfg.checkpoints / TOKENIZER_DIR)  # fail now, naming the file, not in the server
     report = build_repository(cfg, out)
     print(f"[export] rendered {', '.join(report.models)} into {report.out_dir}", flush=True)
     if report.missing_checkpoints:
@@ -67,6 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_port=int(os.environ.get("TRITON_HTTP_PORT", 8000)),
         grpc_port=int(os.environ.get("TRITON_GRPC_PORT", 8001)),
         metrics_port=int(os.environ.get("TRITON_METRICS_PORT", 8002)),
+        bind_address=os.environ.get("TRITON_BIND_ADDRESS", "127.0.0.1"),
         foreground=True,
     )
     print("[serve] starting tritonserver (Ctrl-C stops it)", flush=True)
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RenderError) as exc:
+    except (ConfigError, RenderError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -399,15 +399,19 @@ class TritonServer:
             raise KeyboardInterrupt
 
         in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
+        # SIGINT too: a background job starts with SIGINT ignored, and `kill -INT` must still stop it.
+        previous = {}
+        if in_main_thread:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_sigterm)
         try:
             return self._proc.wait()
         except KeyboardInterrupt:
             self.stop()
             return self._proc.returncode
         finally:
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def stop(self, timeout_s: float = 30) -> None:
         proc = self._proc

@@ -68,6 +68,9 @@ def test_stream_sessions_interleaved_in_one_batch(stream, golden_tokenizer_dir, 
     a = np.load(golden_tokenizer_dir / "case1_wav16k.npy")
     b = np.load(golden_tokenizer_dir / "case3_wav16k.npy")
     got = {1: [], 2: []}
+    batch_sizes = []
+    tokenize = stream.streams._tokenize_segments
+    stream.streams._tokenize_segments = lambda segs: (batch_sizes.append(len(segs)), tokenize(segs))[1]
     pieces = {1: np.array_split(a, 7), 2: np.array_split(b, 7)}
     for i in range(7):
         reqs = [_chunk(sid, pieces[sid][i], start=int(i == 0), end=int(i == 6)) for sid in (1, 2)]
@@ -77,8 +80,10 @@ def test_stream_sessions_interleaved_in_one_batch(stream, golden_tokenizer_dir, 
     for sid, wav in ((1, a), (2, b)):
         expected = golden_tokenizer.tokenize(wav, 16000, 1200, "running").audio_n
         np.testing.assert_array_equal(np.concatenate(got[sid]), expected)
+    stream.streams._tokenize_segments = tokenize
     assert len(stream.streams) == 0
     assert stream._gauge.value == 0
+    assert max(batch_sizes) >= 2  # the final segments of both sessions went in one ONNX call
 
 
 def test_stream_errors_are_responses(stream):

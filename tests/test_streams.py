@@ -5,20 +5,25 @@ from stepaudio.tokenizer.streams import StreamError, StreamRegistry
 
 
 class FakeSession:
+    """Emits len(audio) // 100 tokens per chunk, then 99 at flush; one 'segment' per chunk."""
+
     def __init__(self, sr):
         self.sr = sr
         self.fed = []
         self.flushed = False
+        self._n = 0
 
-    def feed(self, audio):
+    def prepare(self, audio, final=False):
         if np.isnan(audio).any():
             raise StreamError("audio contains NaN or inf samples")
         self.fed.append(len(audio))
-        return np.arange(len(audio) // 100)
+        self._n = len(audio) // 100
+        self.flushed = final
+        return [np.full(len(audio), 0.5, np.float32)]
 
-    def flush(self):
-        self.flushed = True
-        return np.array([99])
+    def complete(self, codes):
+        assert len(codes) == 1 and len(codes[0]) == self.fed[-1]
+        return np.concatenate([np.arange(self._n), [99] if self.flushed else []]).astype(np.int64)
 
 
 class Clock:
@@ -36,7 +41,15 @@ def make(**kw):
         sessions.append(FakeSession(sr))
         return sessions[-1]
 
-    return StreamRegistry(new, clock=clock, **kw), clock, sessions
+    batches = []
+
+    def tokenize_segments(segments):
+        batches.append(len(segments))
+        return [np.zeros(len(s), np.int64) for s in segments]
+
+    reg = StreamRegistry(new, tokenize_segments, clock=clock, **kw)
+    reg.batches = batches
+    return reg, clock, sessions
 
 
 def test_start_feed_end_frees():
@@ -110,3 +123,21 @@ def test_sweeper_expires_in_background():
         time.sleep(0.01)
     reg.stop_sweeper()
     assert len(reg) == 0
+
+
+def test_batch_tokenizes_segments_of_all_streams_at_once():
+    from stepaudio.tokenizer.streams import Chunk
+
+    reg, _, _ = make()
+    out = reg.process_batch([
+        Chunk(1, np.zeros(300, np.float32), 16000, True, False),
+        Chunk(2, np.full(10, np.nan, np.float32), 16000, True, False),
+        Chunk(3, np.zeros(200, np.float32), 16000, True, True),
+    ])
+    assert out[0].tolist() == [0, 1, 2] and isinstance(out[1], StreamError) and out[2].tolist() == [0, 1, 99]
+    assert reg.batches == [2]  # streams 1 and 3 in one speech-tokenizer call
+    assert len(reg) == 1
+    # the same stream twice in one batch is applied in order
+    out = reg.process_batch([Chunk(1, np.zeros(100, np.float32), 16000, False, False),
+                             Chunk(1, np.zeros(100, np.float32), 16000, False, True)])
+    assert [o.tolist() for o in out] == [[0], [0, 99]] and len(reg) == 0

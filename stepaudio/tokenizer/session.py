@@ -104,28 +104,39 @@ class TokenizerSession:
 
     def feed(self, audio: np.ndarray) -> np.ndarray:
         """Add audio at the session's sample rate; returns N values of newly completed groups."""
-        if self.closed:
-            raise AudioInputError("session already flushed")
-        x = check_waveform(audio, allow_empty=True)
-        if (self._input_samples + len(x)) / self.sample_rate_hz > self.max_audio_s:
-            raise AudioInputError(
-                f"audio exceeds the maximum of {self.max_audio_s:g} s per utterance "
-                f"({(self._input_samples + len(x)) / self.sample_rate_hz:.1f} s)"
-            )
-        self._input_samples += len(x)
-        self._append(self._resampler.process(x))
-        if self.normalization == "utterance":
-            return np.zeros(0, dtype=np.int64)
-        self._advance(final=False)
-        return self._emit()
+        return self.complete(self.tokenizer.semantic.tokenize(self.prepare(audio)))
 
     def flush(self) -> np.ndarray:
         """End of utterance: tokenize what remains; returns the last N values. Closes the session."""
+        return self.complete(self.tokenizer.semantic.tokenize(self.prepare(None, final=True)))
+
+    # Two-phase form of feed/flush, so a server can batch the vq06 segments of many sessions
+    # into one speech-tokenizer call: prepare() runs vq02 and returns the completed segments,
+    # complete() takes their codes (in order) and returns the newly completed groups.
+    def prepare(self, audio: np.ndarray | None, final: bool = False) -> list[np.ndarray]:
         if self.closed:
             raise AudioInputError("session already flushed")
-        self._append(self._resampler.flush())
-        self._advance(final=True)
-        self.closed = True
+        if audio is not None:
+            x = check_waveform(audio, allow_empty=True)
+            if (self._input_samples + len(x)) / self.sample_rate_hz > self.max_audio_s:
+                raise AudioInputError(
+                    f"audio exceeds the maximum of {self.max_audio_s:g} s per utterance "
+                    f"({(self._input_samples + len(x)) / self.sample_rate_hz:.1f} s)"
+                )
+            self._input_samples += len(x)
+            self._append(self._resampler.process(x))
+        if final:
+            self._append(self._resampler.flush())
+            self.closed = True
+        elif self.normalization == "utterance":
+            return []  # the gain needs the whole utterance: everything waits for flush
+        self._run_vq02(final)
+        return self._take_segments(final)
+
+    def complete(self, segment_codes: list[np.ndarray]) -> np.ndarray:
+        for codes in segment_codes:
+            self.vq06.extend(np.asarray(codes).tolist())
+        self._trim()
         return self._emit()
 
     def result(self) -> TokenizeResult:
@@ -154,7 +165,7 @@ class TokenizerSession:
     def _slice(self, start: int, end: int) -> np.ndarray:
         return self._buf[start - self._base : end - self._base]
 
-    def _advance(self, final: bool) -> None:
+    def _run_vq02(self, final: bool) -> None:
         ling = self.tokenizer.linguistic
         enc_parts = []
         while self._end - self._pos02 >= STRIDE_SAMPLES or (final and self._pos02 < self._end):
@@ -166,15 +177,13 @@ class TokenizerSession:
         if enc_parts:
             self.vq02.extend(ling.quantize(np.concatenate(enc_parts)).tolist())
 
+    def _take_segments(self, final: bool) -> list[np.ndarray]:
         segments = []
         while self._end - self._pos06 >= self.segment_samples or (final and self._pos06 < self._end):
             end = min(self._pos06 + self.segment_samples, self._end)
             segments.append(apply_peak(self._slice(self._pos06, end), self._peak(end)))
             self._pos06 = end
-        if segments:
-            for codes in self.tokenizer.semantic.tokenize(segments):
-                self.vq06.extend(codes.tolist())
-        self._trim()
+        return segments
 
     def _trim(self) -> None:
         cut = min(self._pos02, self._pos06) - self._base

@@ -23,6 +23,16 @@ class StreamError(AudioInputError):
 
 
 @dataclass
+class Chunk:
+    stream_id: int | str
+    audio: np.ndarray
+    sample_rate_hz: int
+    start: bool
+    end: bool
+    cancel: bool = False
+
+
+@dataclass
 class _Entry:
     session: TokenizerSession
     sample_rate_hz: int
@@ -33,11 +43,13 @@ class StreamRegistry:
     def __init__(
         self,
         new_session: Callable[[int], TokenizerSession],
+        tokenize_segments: Callable[[list[np.ndarray]], list[np.ndarray]],
         idle_timeout_s: float = 60.0,
         max_streams: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._new_session = new_session
+        self._tokenize_segments = tokenize_segments
         self.idle_timeout_s = idle_timeout_s
         self.max_streams = max_streams
         self._clock = clock
@@ -54,44 +66,85 @@ class StreamRegistry:
         cancel: bool = False,
     ) -> np.ndarray:
         """Apply one chunk; returns the N values completed by it (all remaining ones at end)."""
+        [out] = self.process_batch([Chunk(stream_id, audio, sample_rate_hz, start, end, cancel)])
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def process_batch(self, chunks: list[Chunk]) -> list[np.ndarray | Exception]:
+        """Apply chunks of different streams together: the vq06 segments they complete go to the
+        speech tokenizer as one batch. Each chunk gets its tokens or its own exception."""
+        results: list[np.ndarray | Exception] = []
+        group: list[Chunk] = []
+        for chunk in chunks:  # a stream appearing twice is applied in order, in a later group
+            if any(c.stream_id == chunk.stream_id for c in group):
+                results += self._process_group(group)
+                group = []
+            group.append(chunk)
+        return results + self._process_group(group)
+
+    def _process_group(self, chunks: list[Chunk]) -> list[np.ndarray | Exception]:
         self.expire_idle()
+        results: list[np.ndarray | Exception] = [np.zeros(0, dtype=np.int64)] * len(chunks)
+        pending: list[tuple[int, Chunk, _Entry, list[np.ndarray]]] = []
+        for i, chunk in enumerate(chunks):
+            try:
+                entry = self._open(chunk)
+                if entry is None:  # cancelled
+                    continue
+                pending.append((i, chunk, entry, entry.session.prepare(chunk.audio, final=chunk.end)))
+            except Exception as exc:
+                results[i] = exc
+                if chunk.start:  # a stream whose first chunk failed never really began
+                    self.drop(chunk.stream_id)
+        segments = [seg for *_, segs in pending for seg in segs]
+        try:
+            codes = self._tokenize_segments(segments) if segments else []
+        except Exception as exc:  # the streams' vq06 state is now incomplete: they cannot go on
+            for i, chunk, _, _ in pending:
+                results[i] = exc
+                self.drop(chunk.stream_id)
+            return results
+        offset = 0
+        for i, chunk, entry, segs in pending:
+            try:
+                results[i] = entry.session.complete(codes[offset : offset + len(segs)])
+            except Exception as exc:
+                results[i] = exc
+            offset += len(segs)
+            if chunk.end:
+                self.drop(chunk.stream_id)
+        return results
+
+    def _open(self, chunk: Chunk) -> _Entry | None:
         started = False
         with self._lock:
-            entry = self._streams.get(stream_id)
-            if start:
+            entry = self._streams.get(chunk.stream_id)
+            if chunk.start:
                 if entry is not None:  # a restarted sequence replaces the old state
-                    self._streams.pop(stream_id)
+                    self._streams.pop(chunk.stream_id)
                 elif len(self._streams) >= self.max_streams:
                     raise StreamError(f"too many open streams ({self.max_streams}); end or cancel some first")
-                entry = _Entry(self._new_session(sample_rate_hz), int(sample_rate_hz), self._clock())
-                self._streams[stream_id] = entry
+                entry = _Entry(self._new_session(chunk.sample_rate_hz), int(chunk.sample_rate_hz), self._clock())
+                self._streams[chunk.stream_id] = entry
                 started = True
             elif entry is None:
                 raise StreamError(
-                    f"unknown stream id {stream_id!r}: not started, already ended, or expired after "
+                    f"unknown stream id {chunk.stream_id!r}: not started, already ended, or expired after "
                     f"{self.idle_timeout_s:g} s idle"
                 )
             entry.last_used_s = self._clock()
         if started:
             self._changed()
-        if cancel:
-            self.drop(stream_id)
-            return np.zeros(0, dtype=np.int64)
-        if int(sample_rate_hz) != entry.sample_rate_hz:
+        if chunk.cancel:
+            self.drop(chunk.stream_id)
+            return None
+        if int(chunk.sample_rate_hz) != entry.sample_rate_hz:
             raise StreamError(
-                f"sample_rate_hz changed within stream {stream_id!r}: {sample_rate_hz} != {entry.sample_rate_hz}"
+                f"sample_rate_hz changed within stream {chunk.stream_id!r}: "
+                f"{chunk.sample_rate_hz} != {entry.sample_rate_hz}"
             )
-        try:
-            out = entry.session.feed(audio)
-            if end:
-                out = np.concatenate([out, entry.session.flush()])
-        except Exception:
-            if start:  # a stream whose first chunk failed never really began
-                self.drop(stream_id)
-            raise
-        if end:
-            self.drop(stream_id)
-        return out
+        return entry
 
     def drop(self, stream_id: int | str) -> bool:
         with self._lock:

@@ -9,6 +9,7 @@ import triton_python_backend_utils as pb_utils
 from client import tensors as T
 from stepaudio.audio.preprocess import AudioInputError
 from stepaudio.serving_utils import instance_device, model_parameters, providers
+from stepaudio.tokenizer.streams import Chunk
 from stepaudio.tokenizer.tokens import token_string
 
 log = logging.getLogger("audio_tokenizer_stream")
@@ -39,6 +40,7 @@ class TritonPythonModel:
         )
         self.streams = StreamRegistry(
             session_factory(self.tokenizer, int(p["segment_ms"]), p["normalization"]),
+            self.tokenizer.semantic.tokenize,
             idle_timeout_s=float(p["idle_timeout_s"]),
             max_streams=int(p["max_streams"]),
         )
@@ -54,32 +56,44 @@ class TritonPythonModel:
         except Exception:  # custom metrics are optional
             log.warning("custom metrics unavailable")
 
-    def _run(self, request):
-        stream_id = int(_scalar(request, T.CONTROL_CORRID, 0))
-        start = bool(_scalar(request, T.CONTROL_START, 0))
-        end = bool(_scalar(request, T.CONTROL_END, 0))
-        cancel = bool(_scalar(request, T.STREAM_CANCEL.name, False))
+    def _chunk(self, request):
         audio = pb_utils.get_input_tensor_by_name(request, T.STREAM_AUDIO.name).as_numpy()
-        sr = int(_scalar(request, T.STREAM_SAMPLE_RATE_HZ.name))
         if audio.ndim == 2 and audio.shape[0] == 1:
             audio = audio[0]  # (1, T) -> (T,): the batch dimension of one request
-        new = self.streams.process(stream_id, audio, sr, start=start, end=end or cancel, cancel=cancel)
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(T.AUDIO_TOKENS.name, new.astype(np.int32)[None, :]),
-            pb_utils.Tensor(T.AUDIO_TOKEN_STRING.name, np.array([[token_string(new).encode()]], dtype=np.object_)),
-        ])
+        cancel = bool(_scalar(request, T.STREAM_CANCEL.name, False))
+        return Chunk(
+            stream_id=int(_scalar(request, T.CONTROL_CORRID, 0)),
+            audio=audio,
+            sample_rate_hz=int(_scalar(request, T.STREAM_SAMPLE_RATE_HZ.name)),
+            start=bool(_scalar(request, T.CONTROL_START, 0)),
+            end=bool(_scalar(request, T.CONTROL_END, 0)) or cancel,
+            cancel=cancel,
+        )
 
     def execute(self, requests):
-        responses = []
+        parsed = []
         for request in requests:
             try:
-                responses.append(self._run(request))
-            except AudioInputError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
-            except Exception as exc:  # a bad chunk never takes the instance or other streams down
-                log.error("audio_tokenizer_stream: %s", traceback.format_exc())
+                parsed.append(self._chunk(request))
+            except Exception as exc:
+                parsed.append(AudioInputError(f"malformed request: {exc}"))
+        # All sequences in this batch go through one registry call, which batches their vq06 segments.
+        done = iter(self.streams.process_batch([c for c in parsed if isinstance(c, Chunk)]))
+        results = [c if isinstance(c, Exception) else next(done) for c in parsed]
+        responses = []
+        for out in results:
+            if isinstance(out, AudioInputError):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(out))))
+            elif isinstance(out, Exception):  # a bad chunk never takes the instance or other streams down
+                log.error("audio_tokenizer_stream: %s", "".join(traceback.format_exception(out)))
                 responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"internal error: {type(exc).__name__}: {exc}")))
+                    error=pb_utils.TritonError(f"internal error: {type(out).__name__}: {out}")))
+            else:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor(T.AUDIO_TOKENS.name, out.astype(np.int32)[None, :]),
+                    pb_utils.Tensor(T.AUDIO_TOKEN_STRING.name,
+                                    np.array([[token_string(out).encode()]], dtype=np.object_)),
+                ]))
         return responses
 
     def finalize(self):
