@@ -65,7 +65,7 @@ class MetricFamily:
     def __init__(self, name, description, kind):
         self.name, self.metrics = name, []
 
-    def Metric(self, labels=None):  # noqa: N802 - the backend's spelling
+    def Metric(self, labels=None):  # the backend's spelling
         self.metrics.append(_Metric())
         return self.metrics[-1]
 

@@ -54,18 +54,18 @@ def test_malformed_files(ckpt):
 def test_malformed_yaml_and_model(ckpt, tiny_checkpoints):
     cfg = ckpt / PARAFORMER_SUBDIR / "config.yaml"
     cfg.write_text("model: [unclosed\n")
-    with pytest.raises(CheckpointError, match="config.yaml: not a valid YAML"):
+    with pytest.raises(CheckpointError, match=r"config.yaml: not a valid YAML"):
         AudioTokenizer(ckpt)
     cfg.write_text("model: Whisper\nencoder: x\nencoder_conf: {}\nfrontend_conf: {}\n")
     with pytest.raises(CheckpointError, match="expected 'ParaformerStreaming'"):
         AudioTokenizer(ckpt)
     shutil.copy(tiny_checkpoints / "Step-Audio-Tokenizer" / PARAFORMER_SUBDIR / "config.yaml", cfg)
     (ckpt / PARAFORMER_SUBDIR / "model.pt").write_bytes(b"not a pickle")
-    with pytest.raises(CheckpointError, match="model.pt: cannot read"):
+    with pytest.raises(CheckpointError, match=r"model.pt: cannot read"):
         AudioTokenizer(ckpt)
 
 
 def test_bad_onnx(ckpt):
     (ckpt / "speech_tokenizer_v1.onnx").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="speech_tokenizer_v1.onnx: cannot load"):
+    with pytest.raises(CheckpointError, match=r"speech_tokenizer_v1.onnx: cannot load"):
         AudioTokenizer(ckpt)
