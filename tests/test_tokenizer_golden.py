@@ -44,3 +44,16 @@ def test_wav_file_input_matches(golden_tokenizer_dir, golden_tokenizer):
     audio, sr = sf.read(str(golden_tokenizer_dir / "case2_wav16k.wav"), dtype="float32")
     g = np.load(golden_tokenizer_dir / "case2.npz")
     np.testing.assert_array_equal(golden_tokenizer.tokenize(audio, sr).audio_n, g["audio_N"])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_tts_prompt_path_matches_reference(golden_tokenizer_dir, golden_tokenizer, case):
+    from stepaudio.audio.trim import trim_silence
+
+    g, wav = _case(golden_tokenizer_dir, case)
+    trimmed = trim_silence(peak_normalize(wav), 16000)
+    assert len(trimmed) == int(g["tts_prompt_out_len"].reshape(-1)[0])
+    r = golden_tokenizer.tokenize_prompt(wav, 16000)
+    np.testing.assert_array_equal(r.vq02, g["tts_prompt_vq02"])
+    np.testing.assert_array_equal(r.vq06, g["tts_prompt_vq06"])
+    np.testing.assert_array_equal(r.llm_ids, g["tts_prompt_llm_ids"])

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stepaudio.audio.preprocess import check_waveform
+from stepaudio.audio.preprocess import TOKENIZER_SAMPLE_RATE_HZ, check_waveform, peak_normalize, to_16k
+from stepaudio.audio.trim import trim_silence
 from stepaudio.tokenizer.files import locate_tokenizer_files
 from stepaudio.tokenizer.linguistic import ParaformerLinguisticEncoder
 from stepaudio.tokenizer.semantic import REFERENCE_SEGMENT_MS, SpeechTokenizerV1
@@ -53,3 +54,9 @@ class AudioTokenizer:
         s.feed(audio)
         s.flush()
         return s.result()
+
+    def tokenize_prompt(self, audio: np.ndarray, sample_rate_hz: int) -> TokenizeResult:
+        """The reference's TTS-prompt path: 16 kHz, peak normalisation, then silence trimming."""
+        x = peak_normalize(to_16k(check_waveform(audio), sample_rate_hz))
+        return self.tokenize(trim_silence(x, TOKENIZER_SAMPLE_RATE_HZ), TOKENIZER_SAMPLE_RATE_HZ,
+                             REFERENCE_SEGMENT_MS, normalization="none")
