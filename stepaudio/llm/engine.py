@@ -1,0 +1,255 @@
+"""A continuous-batching generation engine for Step-1 models (one model instance, many streams).
+
+Requests join and leave the running batch between decode steps. A new request first reuses the
+longest cached K/V prefix (see prefix_cache.py) and prefills only the rest of its prompt; then all
+running sequences decode together, one token per step, in one batched forward over their padded
+K/V. Cancelled requests leave at the next step boundary and their K/V are freed.
+
+The engine is synchronous and single-threaded (``step()``); ``AsyncEngine`` runs it in a thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from stepaudio.llm.model import LayerCache, Step1ForCausalLM
+from stepaudio.llm.prefix_cache import PrefixCache
+from stepaudio.llm.sampling import SamplingParams, sample
+
+
+class RequestError(ValueError):
+    """A request the engine cannot take; the message names the problem."""
+
+
+@dataclass
+class GenerationRequest:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class TokenEvent:
+    request_id: str
+    token_id: int | None  # None on a final event without a new token
+    finished: bool = False
+    finish_reason: str | None = None  # stop | length | cancelled | error
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class _Seq:
+    req: GenerationRequest
+    tokens: list[int]
+    generator: torch.Generator | None
+    k: list[torch.Tensor] = field(default_factory=list)  # per layer (G, T, D): K/V of tokens[:T]
+    v: list[torch.Tensor] = field(default_factory=list)
+    generated: int = 0
+    cached_prompt_tokens: int = 0
+    t_arrival_s: float = 0.0
+    t_first_token_s: float | None = None
+    done: bool = False
+
+    @property
+    def kv_len(self) -> int:
+        return self.k[0].shape[1] if self.k else 0
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    prefill_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    decode_tokens: int = 0
+    max_batch: int = 0
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Step1ForCausalLM,
+        max_batch_size: int = 16,
+        prefix_cache_tokens: int = 65536,
+        block_size: int = 16,
+        prefix_reuse: bool = True,
+    ):
+        self.model = model
+        self.cfg = model.config
+        self.max_batch_size = max_batch_size
+        self.prefix_reuse = prefix_reuse
+        self.cache = PrefixCache(block_size, prefix_cache_tokens if prefix_reuse else 0)
+        self.device = next(model.parameters()).device
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self.stats = EngineStats()
+
+    # -- requests ---------------------------------------------------------------------------
+    def validate(self, req: GenerationRequest) -> None:
+        req.params.validate()
+        ids = req.prompt_ids
+        if not ids:
+            raise RequestError("empty prompt")
+        if len(ids) >= self.cfg.max_seq_len:
+            raise RequestError(
+                f"prompt of {len(ids)} tokens does not fit the model's context of {self.cfg.max_seq_len} tokens"
+            )
+        bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+        if bad:
+            raise RequestError(f"token ids outside the vocabulary [0, {self.cfg.vocab_size}): {bad[:5]}")
+
+    def add(self, req: GenerationRequest) -> None:
+        self.validate(req)
+        gen = None
+        if req.params.seed is not None:
+            gen = torch.Generator().manual_seed(int(req.params.seed))
+        with self._lock:
+            if any(s.req.request_id == req.request_id for s in (*self._waiting, *self._running)):
+                raise RequestError(f"request id {req.request_id!r} is already active")
+            self._cancelled.discard(req.request_id)
+            self._waiting.append(_Seq(req, list(req.prompt_ids), gen, t_arrival_s=time.perf_counter()))
+
+    def cancel(self, request_id: str) -> None:
+        with self._lock:
+            self._cancelled.add(request_id)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    # -- the loop ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        events = self._drop_cancelled()
+        admitted = []
+        with self._lock:
+            while self._waiting and len(self._running) + len(admitted) < self.max_batch_size:
+                admitted.append(self._waiting.popleft())
+        decoding = list(self._running)
+        for seq in admitted:
+            events += self._prefill(seq)
+        if decoding:
+            events += self._decode(decoding)
+        self._running = [s for s in self._running + admitted if not self._is_done(s)]
+        self.stats.steps += 1
+        self.stats.max_batch = max(self.stats.max_batch, len(self._running))
+        return events
+
+    def _drop_cancelled(self) -> list[TokenEvent]:
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            if not cancelled:
+                return []
+            dropped = [s for s in (*self._waiting, *self._running) if s.req.request_id in cancelled]
+            self._waiting = deque(s for s in self._waiting if s.req.request_id not in cancelled)
+            self._running = [s for s in self._running if s.req.request_id not in cancelled]
+        return [self._final(s, "cancelled") for s in dropped]
+
+    def _prefill(self, seq: _Seq) -> list[TokenEvent]:
+        prompt = seq.tokens
+        n_cached, k, v = (0, None, None)
+        if self.prefix_reuse:
+            # at least the last prompt token is recomputed: its logits pick the first new token
+            n_cached, k, v = self.cache.lookup(prompt, max_tokens=len(prompt) - 1)
+        suffix = prompt[n_cached:]
+        ids = torch.tensor([suffix], dtype=torch.long, device=self.device)
+        pos = torch.arange(n_cached, len(prompt), device=self.device)[None]
+        caches = cache_pos = None
+        if n_cached:
+            caches = [LayerCache(k[i][None], v[i][None]) for i in range(len(k))]
+            cache_pos = torch.arange(n_cached, device=self.device)[None]
+        out = self.model(ids, pos, caches, cache_pos, logits_for="last")
+        seq.k = [torch.cat([k[i], nk[0]], dim=1) if n_cached else nk[0] for i, nk in enumerate(out.new_k)]
+        seq.v = [torch.cat([v[i], nv[0]], dim=1) if n_cached else nv[0] for i, nv in enumerate(out.new_v)]
+        seq.cached_prompt_tokens = n_cached
+        self.stats.prefill_tokens += len(suffix)
+        self.stats.cached_prompt_tokens += n_cached
+        if self.prefix_reuse:
+            self.cache.insert(prompt, seq.k, seq.v)
+        return self._accept(seq, out.logits[0, -1])
+
+    def _decode(self, seqs: list[_Seq]) -> list[TokenEvent]:
+        b = len(seqs)
+        t_max = max(s.kv_len for s in seqs)
+        n_layers = len(seqs[0].k)
+        g, d = seqs[0].k[0].shape[0], seqs[0].k[0].shape[2]
+        dtype = seqs[0].k[0].dtype
+        cache_pos = torch.full((b, t_max), -1, dtype=torch.long, device=self.device)
+        caches = []
+        for layer in range(n_layers):
+            kb = torch.zeros((b, g, t_max, d), dtype=dtype, device=self.device)
+            vb = torch.zeros_like(kb)
+            for i, s in enumerate(seqs):
+                kb[i, :, : s.kv_len] = s.k[layer]
+                vb[i, :, : s.kv_len] = s.v[layer]
+            caches.append(LayerCache(kb, vb))
+        for i, s in enumerate(seqs):
+            cache_pos[i, : s.kv_len] = torch.arange(s.kv_len, device=self.device)
+        ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.device)
+        pos = torch.tensor([[s.kv_len] for s in seqs], dtype=torch.long, device=self.device)
+        out = self.model(ids, pos, caches, cache_pos, logits_for="last")
+        events = []
+        for i, s in enumerate(seqs):
+            s.k = [torch.cat([s.k[layer], out.new_k[layer][i]], dim=1) for layer in range(n_layers)]
+            s.v = [torch.cat([s.v[layer], out.new_v[layer][i]], dim=1) for layer in range(n_layers)]
+            events += self._accept(s, out.logits[i, -1])
+        self.stats.decode_tokens += b
+        return events
+
+    def _accept(self, seq: _Seq, logits: torch.Tensor) -> list[TokenEvent]:
+        p = seq.req.params
+        token = sample(logits, p, seq.tokens, seq.generator)
+        if seq.t_first_token_s is None:
+            seq.t_first_token_s = time.perf_counter()
+        if token in p.stop_ids:
+            return [self._final(seq, "stop")]
+        seq.tokens.append(token)
+        seq.generated += 1
+        ev = TokenEvent(seq.req.request_id, token, prompt_tokens=len(seq.req.prompt_ids),
+                        completion_tokens=seq.generated, cached_prompt_tokens=seq.cached_prompt_tokens)
+        if seq.generated >= p.max_new_tokens or len(seq.tokens) >= self.cfg.max_seq_len:
+            ev.finished, ev.finish_reason = True, "length"
+            self._finish(seq)
+        return [ev]
+
+    def _final(self, seq: _Seq, reason: str) -> TokenEvent:
+        self._finish(seq)
+        return TokenEvent(seq.req.request_id, None, True, reason, len(seq.req.prompt_ids), seq.generated,
+                          seq.cached_prompt_tokens)
+
+    def _finish(self, seq: _Seq) -> None:
+        if self.prefix_reuse and seq.k and seq.generated:
+            self.cache.insert(seq.tokens, seq.k, seq.v)  # the reply's K/V serve the next turn
+        seq.k, seq.v = [], []
+        seq.done = True
+
+    @staticmethod
+    def _is_done(seq: _Seq) -> bool:
+        return seq.done
+
+    # -- convenience ------------------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], params: SamplingParams | None = None) -> list[int]:
+        """Run one request to completion (no other traffic); returns the new token ids."""
+        rid = f"gen-{time.monotonic_ns()}"
+        self.add(GenerationRequest(rid, list(prompt_ids), params or SamplingParams(temperature=0)))
+        out: list[int] = []
+        while True:
+            for ev in self.step():
+                if ev.request_id != rid:
+                    continue
+                if ev.token_id is not None:
+                    out.append(ev.token_id)
+                if ev.finished:
+                    return out

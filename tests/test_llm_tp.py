@@ -1,0 +1,63 @@
+"""Tensor parallelism on CPU: 2 gloo processes give the same logits as 1 process."""
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from stepaudio.llm.engine import Engine
+from stepaudio.llm.model import LayerCache, TensorParallel
+from stepaudio.llm.sampling import SamplingParams
+from tests.llm_helpers import tiny_model
+
+IDS = torch.randint(0, 320, (2, 19), generator=torch.Generator().manual_seed(5))
+GREEDY = SamplingParams(temperature=0, max_new_tokens=10, stop_ids=())
+
+
+def _run(model):
+    with torch.inference_mode():
+        full = model(IDS, torch.arange(19)[None].expand(2, -1)).logits
+        head = model(IDS[:, :11], torch.arange(11)[None].expand(2, -1))
+        caches = [LayerCache(k, v) for k, v in zip(head.new_k, head.new_v, strict=True)]
+        tail = model(IDS[:, 11:], torch.arange(11, 19)[None].expand(2, -1), caches,
+                     torch.arange(11)[None].expand(2, -1)).logits
+    tokens = Engine(model).generate(IDS[0].tolist(), GREEDY)
+    return full, torch.cat([head.logits, tail], 1), tokens
+
+
+def _worker(rank, world, port, out_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = tiny_model(tp=TensorParallel(rank, world))
+        full, inc, tokens = _run(model)
+        if rank == 0:
+            torch.save({"full": full, "inc": inc, "tokens": tokens}, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one(tmp_path):
+    out = tmp_path / "tp.pt"
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    got = torch.load(out)
+    full, inc, tokens = _run(tiny_model())
+    torch.testing.assert_close(inc, full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["full"], full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["inc"], full, rtol=1e-4, atol=1e-4)
+    assert got["tokens"] == tokens
+
+
+def test_uneven_split_is_refused():
+    with pytest.raises(ValueError, match="cannot be split"):
+        tiny_model(tp=TensorParallel(0, 4))  # 2 KV groups over 4 ranks
