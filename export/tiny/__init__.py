@@ -30,6 +30,7 @@ class TinyOptions:
 
     seed: int = 0
     # Real dimensions of the official models (big files; for benchmarks only, never committed).
+    # The Step-1 LMs (Chat 130B, TTS 3B) get the ~110M-parameter "step1-100m" preset instead.
     full_size: bool = False
     progress: Callable[[str], None] = field(default=_quiet, compare=False)
 
@@ -44,8 +45,23 @@ def _write_step_audio_tokenizer(dest: Path, opts: TinyOptions) -> Path:
     return write_tokenizer(dest, opts)
 
 
+def _write_step_audio_chat(dest: Path, opts: TinyOptions) -> Path:
+    from .step1 import write_step1
+
+    return write_step1(dest, opts, kind="chat")
+
+
+def _write_step_audio_tts_3b(dest: Path, opts: TinyOptions) -> Path:
+    # The Step-1 LM part (config, weights, tokenizer); the speech decoders are not written here.
+    from .step1 import write_step1
+
+    return write_step1(dest, opts, kind="tts")
+
+
 COMPONENTS: dict[str, Writer] = {
     "Step-Audio-Tokenizer": _write_step_audio_tokenizer,
+    "Step-Audio-Chat": _write_step_audio_chat,
+    "Step-Audio-TTS-3B": _write_step_audio_tts_3b,
 }
 
 
