@@ -39,6 +39,34 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from client.chat import build_inputs, stream_generate
+
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.text}]
+    client = grpcclient.InferenceServerClient(args.url)
+    last = None
+    try:
+        inputs = build_inputs(messages=messages, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, seed=args.seed)
+        for chunk in stream_generate(client, args.model, inputs):
+            if last is None and args.verbose:
+                print(f"# first token after {chunk.t_s * 1000:.0f} ms", file=sys.stderr)
+            print(chunk.text, end="", flush=True)
+            last = chunk
+    except InferenceServerException as exc:
+        print(f"error: {exc.message()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print()
+    if args.verbose and last is not None:
+        rate = last.completion_tokens / last.t_s if last.t_s else 0.0
+        print(f"# {last.finish_reason}: {last.prompt_tokens} prompt tokens ({last.cached_prompt_tokens} cached), "
+              f"{last.completion_tokens} new in {last.t_s:.2f} s ({rate:.1f} tokens/s)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,8 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--chunk-ms", type=int, default=100)
     tok.add_argument("--segment-ms", type=int, default=None, help="vq06 segment (offline); default 30 s")
     tok.add_argument("-v", "--verbose", action="store_true")
+    chat = sub.add_parser("chat", help="stream a chat_llm reply to the terminal")
+    chat.add_argument("text")
+    chat.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT")
+    chat.add_argument("--model", default="chat_llm")
+    chat.add_argument("--system", default=None, help="system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=None)
+    chat.add_argument("--temperature", type=float, default=None)
+    chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    return _tokenize(args)
+    return {"tokenize": _tokenize, "chat": _chat}[args.command](args)
 
 
 if __name__ == "__main__":

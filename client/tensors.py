@@ -41,3 +41,23 @@ STREAM_OUTPUTS = (AUDIO_TOKENS, AUDIO_TOKEN_STRING)
 CONTROL_START = "START"
 CONTROL_END = "END"
 CONTROL_CORRID = "CORRID"
+
+# -- chat_llm / tts_lm: decoupled streaming generation (one template, two deployments) ----------
+CHAT_LLM = "chat_llm"
+TTS_LM = "tts_lm"
+PROMPT_IDS = TensorSpec("prompt_ids", "TYPE_INT32", (-1,), optional=True)
+MESSAGES_JSON = TensorSpec("messages_json", "TYPE_STRING", (1,), optional=True)  # chat only
+MAX_NEW_TOKENS = TensorSpec("max_new_tokens", "TYPE_INT32", (1,), optional=True)
+TEMPERATURE = TensorSpec("temperature", "TYPE_FP32", (1,), optional=True)
+TOP_K = TensorSpec("top_k", "TYPE_INT32", (1,), optional=True)
+TOP_P = TensorSpec("top_p", "TYPE_FP32", (1,), optional=True)
+SEED = TensorSpec("seed", "TYPE_INT64", (1,), optional=True)
+REQUEST_ID = TensorSpec("request_id", "TYPE_STRING", (1,), optional=True)
+LLM_INPUTS = (PROMPT_IDS, MESSAGES_JSON, MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P, SEED, REQUEST_ID)
+TOKEN_IDS = TensorSpec("token_ids", "TYPE_INT32", (-1,))  # ids new in this response
+TEXT_DELTA = TensorSpec("text_delta", "TYPE_STRING", (1,))  # UTF-8 text new in this response (chat)
+FINISH_REASON = TensorSpec("finish_reason", "TYPE_STRING", (1,))  # "" until the last response
+PROMPT_TOKENS = TensorSpec("prompt_tokens", "TYPE_INT32", (1,))
+COMPLETION_TOKENS = TensorSpec("completion_tokens", "TYPE_INT32", (1,))
+CACHED_PROMPT_TOKENS = TensorSpec("cached_prompt_tokens", "TYPE_INT32", (1,))
+LLM_OUTPUTS = (TOKEN_IDS, TEXT_DELTA, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS, CACHED_PROMPT_TOKENS)

@@ -44,11 +44,35 @@ class AudioTokenizerStreamConfig:
 
 
 @dataclass
+class LlmConfig:
+    instances: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | bfloat16 | float16; "auto" = the checkpoint's torch_dtype
+    torch_threads: int = 1
+    max_batch_size: int = 16  # sequences decoded together by one instance
+    prefix_reuse: bool = True
+    prefix_cache_tokens: int = 65536
+    block_size: int = 16
+    default_temperature: float = 0.7
+    default_top_k: int = 50
+    default_top_p: float = 0.9
+    default_max_new_tokens: int = 512
+    repetition_window: int = 0
+
+
+def _tts_lm_defaults() -> LlmConfig:
+    # The reference's TTS decoding: top_p 1.0, repetition-aware processor over 10 tokens.
+    return LlmConfig(default_top_p=1.0, default_max_new_tokens=4096, repetition_window=10)
+
+
+@dataclass
 class DeploymentConfig:
     preset: str
     checkpoints: Path
     audio_tokenizer: AudioTokenizerConfig = field(default_factory=AudioTokenizerConfig)
     audio_tokenizer_stream: AudioTokenizerStreamConfig = field(default_factory=AudioTokenizerStreamConfig)
+    chat_llm: LlmConfig = field(default_factory=LlmConfig)
+    tts_lm: LlmConfig = field(default_factory=_tts_lm_defaults)
 
     def present_checkpoints(self) -> dict[str, bool]:
         return {name: (self.checkpoints / name).is_dir() for name in CHECKPOINT_DIRS}
@@ -70,6 +94,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "instances": 2, "device": "cuda", "torch_threads": 4,
             "onnx_providers": "CUDAExecutionProvider,CPUExecutionProvider", "max_batch_size": 32,
         },
+        "chat_llm": {"device": "cuda", "dtype": "bfloat16", "max_batch_size": 64, "prefix_cache_tokens": 262144},
+        "tts_lm": {"device": "cuda", "dtype": "bfloat16", "max_batch_size": 64, "prefix_cache_tokens": 262144},
     },
 }
 
@@ -124,7 +150,13 @@ def validate(cfg: DeploymentConfig) -> None:
         raise ConfigError(f"audio_tokenizer_stream.segment_ms={s.segment_ms}: must be a positive multiple of 120")
     if s.normalization not in ("running", "none", "utterance"):
         raise ConfigError(f"audio_tokenizer_stream.normalization={s.normalization!r}: running | none | utterance")
-    for name in ("audio_tokenizer", "audio_tokenizer_stream"):
+    for name in ("chat_llm", "tts_lm"):
+        section = getattr(cfg, name)
+        if section.dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ConfigError(f"{name}.dtype={section.dtype!r}: float32 | bfloat16 | float16 | auto")
+        if section.max_batch_size < 1 or section.block_size < 1:
+            raise ConfigError(f"{name}: max_batch_size and block_size must be >= 1")
+    for name in ("audio_tokenizer", "audio_tokenizer_stream", "chat_llm", "tts_lm"):
         section = getattr(cfg, name)
         if section.instances < 1:
             raise ConfigError(f"{name}.instances must be >= 1")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client import tensors as T
-from export.deploy_config import TOKENIZER_DIR, DeploymentConfig
+from export.deploy_config import CHAT_DIR, TOKENIZER_DIR, TTS_DIR, DeploymentConfig
 
 TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
 PLACEHOLDER_RE = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_]")
@@ -50,7 +50,7 @@ def _parameters(params: dict[str, object]) -> str:
 
 
 def _section_params(section: object) -> dict[str, object]:
-    skip = {"instances", "max_batch_size", "max_queue_delay_us"}
+    skip = {"instances", "max_queue_delay_us"}
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name not in skip}
 
 
@@ -59,6 +59,11 @@ class ModelSpec:
     name: str
     checkpoint: str  # the checkpoint folder it needs
     values: Callable[[DeploymentConfig], dict[str, object]]
+    template: str = ""  # template folder; defaults to the model's name
+
+    @property
+    def template_dir(self) -> str:
+        return self.template or self.name
 
 
 def _tokenizer_values(cfg: DeploymentConfig) -> dict[str, object]:
@@ -92,9 +97,28 @@ def _stream_values(cfg: DeploymentConfig) -> dict[str, object]:
     }
 
 
+def _llm_values(name: str, mode: str, checkpoint: str) -> Callable[[DeploymentConfig], dict[str, object]]:
+    def values(cfg: DeploymentConfig) -> dict[str, object]:
+        s = getattr(cfg, name)
+        inputs = T.LLM_INPUTS if mode == "chat" else tuple(x for x in T.LLM_INPUTS if x is not T.MESSAGES_JSON)
+        return {
+            "name": name,
+            "inputs": _tensor_block("input", inputs),
+            "outputs": _tensor_block("output", T.LLM_OUTPUTS),
+            "instances": s.instances,
+            "instance_kind": "KIND_GPU" if s.device == "cuda" else "KIND_CPU",
+            "parameters": _parameters({"checkpoint_dir": cfg.checkpoints / checkpoint, "mode": mode,
+                                       **_section_params(s)}),
+        }
+
+    return values
+
+
 MODELS = (
     ModelSpec(T.AUDIO_TOKENIZER, TOKENIZER_DIR, _tokenizer_values),
     ModelSpec(T.AUDIO_TOKENIZER_STREAM, TOKENIZER_DIR, _stream_values),
+    ModelSpec(T.CHAT_LLM, CHAT_DIR, _llm_values(T.CHAT_LLM, "chat", CHAT_DIR), template="llm"),
+    ModelSpec(T.TTS_LM, TTS_DIR, _llm_values(T.TTS_LM, "tts", TTS_DIR), template="llm"),
 )
 
 
@@ -132,7 +156,7 @@ def build_repository(cfg: DeploymentConfig, out_dir: str | Path, template_root: 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for spec in specs:
-        src = template_root / spec.name
+        src = template_root / spec.template_dir
         tmpl = src / "config.pbtxt.tmpl"
         dst = staging / spec.name
         (dst / "1").mkdir(parents=True)

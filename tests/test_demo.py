@@ -23,7 +23,7 @@ def test_demo_runs_and_stops_cleanly(tiny_checkpoints, tmp_path):
     out = proc.stdout
     assert "offline audio_tokenizer:" in out and "<audio_" in out
     assert "streaming audio_tokenizer_stream:" in out
-    assert "has no Step-Audio-Chat, Step-Audio-TTS-3B" in out  # says which checkpoints are missing
+    assert "rendered audio_tokenizer, audio_tokenizer_stream, chat_llm, tts_lm" in out
     assert out.rstrip().endswith("[demo] done")
 
 

@@ -1,0 +1,111 @@
+"""Triton adapter: streaming Step-1 generation (chat_llm / tts_lm), decoupled, async execute."""
+
+import asyncio
+import logging
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from client import tensors as T
+from stepaudio.llm.engine import RequestError
+from stepaudio.llm.sampling import SamplingError, SamplingParams
+from stepaudio.serving_utils import instance_device, model_parameters
+
+log = logging.getLogger("llm")
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Triton 2.51's Python backend has no cancellation callback: a watcher checks is_cancelled() this often.
+CANCEL_POLL_S = 0.05
+
+
+def _arrays(request, specs):
+    out = {}
+    for spec in specs:
+        t = pb_utils.get_input_tensor_by_name(request, spec.name)
+        out[spec.name] = None if t is None else t.as_numpy()
+    return out
+
+
+def _response(ids, text, reason, ev):
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor(T.TOKEN_IDS.name, np.asarray(ids, dtype=np.int32)),
+        pb_utils.Tensor(T.TEXT_DELTA.name, np.array([text.encode()], dtype=np.object_)),
+        pb_utils.Tensor(T.FINISH_REASON.name, np.array([reason.encode()], dtype=np.object_)),
+        pb_utils.Tensor(T.PROMPT_TOKENS.name, np.array([ev.prompt_tokens], dtype=np.int32)),
+        pb_utils.Tensor(T.COMPLETION_TOKENS.name, np.array([ev.completion_tokens], dtype=np.int32)),
+        pb_utils.Tensor(T.CACHED_PROMPT_TOKENS.name, np.array([ev.cached_prompt_tokens], dtype=np.int32)),
+    ])
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import torch
+
+        from stepaudio.llm.async_engine import AsyncEngine
+        from stepaudio.llm.engine import Engine
+        from stepaudio.llm.loader import load_step1
+        from stepaudio.llm.text_tokenizer import TextTokenizer
+
+        p = model_parameters(args)
+        torch.set_num_threads(int(p["torch_threads"]))
+        self.mode = p["mode"]
+        dtype = None if p["dtype"] == "auto" else p["dtype"]
+        model = load_step1(p["checkpoint_dir"], dtype=dtype, device=instance_device(args, p["device"]))
+        self.tokenizer = TextTokenizer(p["checkpoint_dir"])
+        self.engine = AsyncEngine(Engine(
+            model, max_batch_size=int(p["max_batch_size"]), prefix_cache_tokens=int(p["prefix_cache_tokens"]),
+            block_size=int(p["block_size"]), prefix_reuse=p["prefix_reuse"] == "true"))
+        self.defaults = SamplingParams(
+            temperature=float(p["default_temperature"]), top_k=int(p["default_top_k"]),
+            top_p=float(p["default_top_p"]), max_new_tokens=int(p["default_max_new_tokens"]),
+            repetition_window=int(p["repetition_window"]))
+        self.specs = T.LLM_INPUTS
+
+    async def execute(self, requests):
+        await asyncio.gather(*(self._serve(r) for r in requests))
+        return None
+
+    async def _serve(self, request):
+        from stepaudio.llm.detokenize import IncrementalDetokenizer
+        from stepaudio.llm.requests import parse_request
+
+        sender = request.get_response_sender()
+        try:
+            req = parse_request(_arrays(request, self.specs), self.mode, self.tokenizer, self.defaults)
+            stream = self.engine.generate(req)
+            first = await anext(stream)  # RequestError surfaces here, before any response
+        except (RequestError, SamplingError, ValueError) as exc:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+            return
+        detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=True) if self.mode == "chat" else None
+        watcher = asyncio.create_task(self._watch_cancel(request, req.request_id))
+        try:
+            ev = first
+            while True:
+                ids = [] if ev.token_id is None else [ev.token_id]
+                text = detok.feed_many(ids) if detok else ""
+                if ev.finished:
+                    text += detok.finish() if detok else ""
+                    if ev.error:
+                        sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(ev.error)), flags=FINAL)
+                    else:
+                        sender.send(_response(ids, text, ev.finish_reason or "", ev), flags=FINAL)
+                    return
+                sender.send(_response(ids, text, "", ev))
+                ev = await anext(stream)
+        except Exception as exc:  # a failure in one stream never takes the instance down
+            log.exception("generation failed")
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"internal error: {exc}")),
+                        flags=FINAL)
+        finally:
+            watcher.cancel()
+            await stream.aclose()
+
+    async def _watch_cancel(self, request, request_id):
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            if request.is_cancelled():
+                self.engine.cancel(request_id)  # the stream then ends with finish_reason "cancelled"
+                return
+
+    def finalize(self):
+        self.engine.close()
