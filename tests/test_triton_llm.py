@@ -125,7 +125,7 @@ def test_client_cancellation_frees_the_slot(server):
     c.async_stream_infer("chat_llm", build_inputs(prompt_ids=[1, 4, 385, 15], max_new_tokens=4000,
                                                   temperature=1.0), enable_empty_final_response=True)
     for _ in range(3):
-        r, e = q.get(timeout=30)
+        _result, e = q.get(timeout=30)
         assert e is None
     c.stop_stream(cancel_requests=True)
     c.close()
