@@ -58,6 +58,7 @@ class LlmConfig:
     default_top_p: float = 0.9
     default_max_new_tokens: int = 512
     repetition_window: int = 0
+    tensor_parallel_size: int = 1  # > 1: the instance starts and drives this many ranks (one GPU each)
 
 
 def _tts_lm_defaults() -> LlmConfig:
@@ -94,7 +95,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "instances": 2, "device": "cuda", "torch_threads": 4,
             "onnx_providers": "CUDAExecutionProvider,CPUExecutionProvider", "max_batch_size": 32,
         },
-        "chat_llm": {"device": "cuda", "dtype": "bfloat16", "max_batch_size": 64, "prefix_cache_tokens": 262144},
+        # Step-Audio-Chat (130B, bf16 264 GB) over 4 x 80 GB GPUs, as the reference deploys it.
+        "chat_llm": {"device": "cuda", "dtype": "bfloat16", "max_batch_size": 64, "prefix_cache_tokens": 262144,
+                     "tensor_parallel_size": 4},
         "tts_lm": {"device": "cuda", "dtype": "bfloat16", "max_batch_size": 64, "prefix_cache_tokens": 262144},
     },
 }
@@ -156,6 +159,10 @@ def validate(cfg: DeploymentConfig) -> None:
             raise ConfigError(f"{name}.dtype={section.dtype!r}: float32 | bfloat16 | float16 | auto")
         if section.max_batch_size < 1 or section.block_size < 1:
             raise ConfigError(f"{name}: max_batch_size and block_size must be >= 1")
+        if section.tensor_parallel_size < 1:
+            raise ConfigError(f"{name}.tensor_parallel_size must be >= 1")
+        if section.tensor_parallel_size > 1 and section.instances != 1:
+            raise ConfigError(f"{name}: a tensor-parallel deployment runs one instance (it spans the GPUs)")
     for name in ("audio_tokenizer", "audio_tokenizer_stream", "chat_llm", "tts_lm"):
         section = getattr(cfg, name)
         if section.instances < 1:

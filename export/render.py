@@ -106,7 +106,9 @@ def _llm_values(name: str, mode: str, checkpoint: str) -> Callable[[DeploymentCo
             "inputs": _tensor_block("input", inputs),
             "outputs": _tensor_block("output", T.LLM_OUTPUTS),
             "instances": s.instances,
-            "instance_kind": "KIND_GPU" if s.device == "cuda" else "KIND_CPU",
+            # A TP instance places its ranks on GPUs itself (KIND_MODEL), instead of one per GPU.
+            "instance_kind": "KIND_MODEL" if s.tensor_parallel_size > 1 else
+                             "KIND_GPU" if s.device == "cuda" else "KIND_CPU",
             "parameters": _parameters({"checkpoint_dir": cfg.checkpoints / checkpoint, "mode": mode,
                                        **_section_params(s)}),
         }

@@ -61,3 +61,70 @@ def test_two_ranks_match_one(tmp_path):
 def test_uneven_split_is_refused():
     with pytest.raises(ValueError, match="cannot be split"):
         tiny_model(tp=TensorParallel(0, 4))  # 2 KV groups over 4 ranks
+
+
+def _lockstep_worker(rank, world, port, out_path):
+    import torch.distributed as dist
+
+    from stepaudio.llm.engine import GenerationRequest
+    from stepaudio.llm.tp_engine import LockstepEngine, follow
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        tp = TensorParallel(rank, world)
+        engine = Engine(tiny_model(tp=tp), max_batch_size=4, block_size=4)
+        if rank != 0:
+            seen = []
+            follow(engine, tp, lambda evs: seen.extend((e.request_id, e.token_id) for e in evs))
+            torch.save(seen, out_path + ".follower")
+            return
+        drv = LockstepEngine(engine, tp)
+        drv.add(GenerationRequest("greedy", IDS[0].tolist(), GREEDY))
+        drv.add(GenerationRequest("sampled", IDS[1].tolist(),
+                                  SamplingParams(temperature=1.0, max_new_tokens=10, stop_ids=())))
+        drv.add(GenerationRequest("cancelled", IDS[1].tolist()[:7], SamplingParams(max_new_tokens=50, stop_ids=())))
+        got = {"greedy": [], "sampled": [], "cancelled": []}
+        reasons = {}
+        steps = 0
+        seen = []
+        while drv.has_work():
+            events = drv.step()
+            seen.extend((e.request_id, e.token_id) for e in events)
+            for ev in events:
+                if ev.token_id is not None:
+                    got[ev.request_id].append(ev.token_id)
+                if ev.finished:
+                    reasons[ev.request_id] = ev.finish_reason
+            steps += 1
+            if steps == 3:
+                drv.cancel("cancelled")
+        # the same prompt again reuses the cache on every rank
+        again = drv.engine.stats.cached_prompt_tokens
+        drv.add(GenerationRequest("again", IDS[0].tolist(), GREEDY))
+        while drv.has_work():
+            events = drv.step()
+            seen.extend((e.request_id, e.token_id) for e in events)
+            for ev in events:
+                if ev.token_id is not None:
+                    got.setdefault("again", []).append(ev.token_id)
+        drv.shutdown()
+        torch.save({"got": got, "reasons": reasons, "seen": seen,
+                    "cached": drv.engine.stats.cached_prompt_tokens - again}, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_lockstep_engine_over_two_ranks(tmp_path):
+    out = tmp_path / "lockstep.pt"
+    mp.spawn(_lockstep_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    r = torch.load(out)
+    expected = Engine(tiny_model()).generate(IDS[0].tolist(), GREEDY)
+    assert r["got"]["greedy"] == expected and r["got"]["again"] == expected
+    assert r["cached"] >= 16
+    assert len(r["got"]["sampled"]) == 10
+    assert r["reasons"] == {"greedy": "length", "sampled": "length", "cancelled": "cancelled"}
+    assert 0 < len(r["got"]["cancelled"]) < 50
+    # the follower made exactly the same decisions and sampled exactly the same tokens
+    assert torch.load(str(out) + ".follower") == r["seen"]

@@ -26,7 +26,7 @@ def shard_state_dict(full: dict[str, torch.Tensor], local: dict[str, torch.Tenso
     return {name: shard_tensor(name, full[name], local[name].shape, tp) for name in local}
 
 
-def init_from_env(backend: str | None = None) -> TensorParallel:
+def init_from_env(backend: str | None = None, idle_timeout_s: float = 7 * 24 * 3600) -> TensorParallel:
     """Join the process group torchrun (or the caller) describes with RANK/WORLD_SIZE/MASTER_*.
 
     gloo on CPU, NCCL when CUDA is available, unless ``backend`` says otherwise.
@@ -39,7 +39,10 @@ def init_from_env(backend: str | None = None) -> TensorParallel:
         return TensorParallel()
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        dist.init_process_group(backend, rank=rank, world_size=world)
+        # Followers wait in a broadcast while the server is idle: the collective timeout must be long.
+        from datetime import timedelta
+
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=idle_timeout_s))
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
     return TensorParallel(rank=rank, size=world)

@@ -49,11 +49,23 @@ class TritonPythonModel:
         torch.set_num_threads(int(p["torch_threads"]))
         self.mode = p["mode"]
         dtype = None if p["dtype"] == "auto" else p["dtype"]
-        model = load_step1(p["checkpoint_dir"], dtype=dtype, device=instance_device(args, p["device"]))
+        engine_kwargs = {"max_batch_size": int(p["max_batch_size"]),
+                         "prefix_cache_tokens": int(p["prefix_cache_tokens"]),
+                         "block_size": int(p["block_size"]), "prefix_reuse": p["prefix_reuse"] == "true"}
+        self.tp_group = None
+        if int(p["tensor_parallel_size"]) > 1:  # this instance is rank 0 of a process group it starts
+            from stepaudio.llm import tp_worker
+            from stepaudio.llm.tp_engine import LockstepEngine
+
+            self.tp_group = tp_worker.launch(int(p["tensor_parallel_size"]), p["checkpoint_dir"], dtype,
+                                             p["device"], engine_kwargs)
+            model = load_step1(p["checkpoint_dir"], dtype=dtype, device=self.tp_group.device, tp=self.tp_group.tp)
+            engine = LockstepEngine(Engine(model, **engine_kwargs), self.tp_group.tp)
+        else:
+            model = load_step1(p["checkpoint_dir"], dtype=dtype, device=instance_device(args, p["device"]))
+            engine = Engine(model, **engine_kwargs)
         self.tokenizer = TextTokenizer(p["checkpoint_dir"])
-        self.engine = AsyncEngine(Engine(
-            model, max_batch_size=int(p["max_batch_size"]), prefix_cache_tokens=int(p["prefix_cache_tokens"]),
-            block_size=int(p["block_size"]), prefix_reuse=p["prefix_reuse"] == "true"))
+        self.engine = AsyncEngine(engine)
         self.defaults = SamplingParams(
             temperature=float(p["default_temperature"]), top_k=int(p["default_top_k"]),
             top_p=float(p["default_top_p"]), max_new_tokens=int(p["default_max_new_tokens"]),
@@ -109,3 +121,6 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.close()
+        if self.tp_group is not None:
+            self.engine.engine.shutdown()
+            self.tp_group.wait()
