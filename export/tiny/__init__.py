@@ -51,11 +51,19 @@ def _write_step_audio_chat(dest: Path, opts: TinyOptions) -> Path:
     return write_step1(dest, opts, kind="chat")
 
 
+COSYVOICE_DIRS = {"CosyVoice-300M-25Hz": 0, "CosyVoice-300M-25Hz-Music": 1000}  # folder -> seed offset
+
+
 def _write_step_audio_tts_3b(dest: Path, opts: TinyOptions) -> Path:
-    # The Step-1 LM part (config, weights, tokenizer); the speech decoders are not written here.
+    # The Step-1 LM part (config, weights, tokenizer) and the two CosyVoice speech decoders.
+    from .cosyvoice import write_cosyvoice
     from .step1 import write_step1
 
-    return write_step1(dest, opts, kind="tts")
+    write_step1(dest, opts, kind="tts")
+    for name, offset in COSYVOICE_DIRS.items():
+        opts.progress(f"  {name}: cosyvoice.yaml, flow.pt, hift.pt")
+        write_cosyvoice(dest / name, opts.seed + offset)
+    return dest
 
 
 COMPONENTS: dict[str, Writer] = {
