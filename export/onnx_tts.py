@@ -1,0 +1,185 @@
+"""ONNX export of the token2wav networks: the flow-matching estimator and HiFT's convolutional decoder.
+
+* ``flow_estimator.onnx``: ``ConditionalDecoder.forward(x, mask, mu, t, spks, cond) -> velocity``,
+  inputs x/mu/cond (B, 80, T), mask (B, 1, T), t (B,), spks (B, 80); batch and time are dynamic
+  (the guided sampler runs batch 2: the conditioned and the zeroed row).
+* ``hift_decoder.onnx``: ``HiFTGenerator.decode(mel, s_stft) -> (magnitude, phase)``, mel (B, 80, T),
+  s_stft (B, n_fft + 2, F); the F0 predictor, the harmonic source, its STFT and the iSTFT stay in
+  PyTorch (float64 phase sums and complex STFTs have no portable ONNX form).
+
+Both use opset 17 and the TorchScript exporter; the bytes are the same for the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stepaudio.tts.onnx_modules import ESTIMATOR_FILE, HIFT_DECODER_FILE
+
+OPSET = 17
+ESTIMATOR_INPUTS = ("x", "mask", "mu", "t", "spks", "cond")
+HIFT_DECODER_INPUTS = ("mel", "s_stft")
+HIFT_DECODER_OUTPUTS = ("magnitude", "phase")
+
+
+class _EstimatorWrapper(nn.Module):
+    """Pins the estimator's optional spks / cond to positional tensors (CosyVoice always passes both)."""
+
+    def __init__(self, estimator: nn.Module):
+        super().__init__()
+        self.estimator = estimator
+
+    def forward(self, x, mask, mu, t, spks, cond):
+        return self.estimator(x, mask, mu, t, spks, cond)
+
+
+class _HiftDecoderWrapper(nn.Module):
+    def __init__(self, hift: nn.Module):
+        super().__init__()
+        self.hift = hift
+
+    def forward(self, mel, s_stft):
+        return self.hift.decode(mel, s_stft)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # Strided slices (the estimator's mask[:, :, ::2]) stay as Slice nodes; nothing to act on.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(
+            module, args, buf, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            input_names=list(input_names), output_names=list(output_names), dynamic_axes=dynamic_axes,
+        )
+    # One write of the finished bytes: a crashed export never leaves a half file behind.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+    return path
+
+
+def export_flow_estimator(flow: nn.Module, path: str | Path, frames: int = 64) -> Path:
+    """Export ``flow.decoder.estimator`` (float32, on CPU) to ``path``."""
+    est = copy.deepcopy(flow.decoder.estimator).float().cpu().eval()
+    channels = est.final_proj.out_channels
+    g = torch.Generator().manual_seed(0)
+    b = 2
+    args = (
+        torch.randn(b, channels, frames, generator=g),
+        torch.ones(b, 1, frames),
+        torch.randn(b, channels, frames, generator=g),
+        torch.rand(b, generator=g),
+        torch.randn(b, channels, generator=g),
+        torch.randn(b, channels, frames, generator=g),
+    )
+    seq = {0: "batch", 2: "time"}
+    dynamic_axes = {
+        "x": seq, "mask": seq, "mu": seq, "cond": seq, "t": {0: "batch"}, "spks": {0: "batch"}, "velocity": seq,
+    }
+    return _export(_EstimatorWrapper(est), args, path, ESTIMATOR_INPUTS, ("velocity",), dynamic_axes)
+
+
+def export_hift_decoder(hift: nn.Module, path: str | Path, frames: int = 32) -> Path:
+    """Export ``hift.decode`` (weight norm folded into plain weights, float32, CPU) to ``path``."""
+    model = copy.deepcopy(hift).float().cpu().eval()
+    model.remove_weight_norm()
+    g = torch.Generator().manual_seed(0)
+    mel = torch.randn(1, model.config.in_channels, frames, generator=g)
+    n_spec = frames * model.upsample_factor // model.hop_len + 1
+    s_stft = torch.randn(1, model.n_fft + 2, n_spec, generator=g)
+    dynamic_axes = {
+        "mel": {0: "batch", 2: "time"},
+        "s_stft": {0: "batch", 2: "stft_frames"},
+        "magnitude": {0: "batch", 2: "stft_frames"},
+        "phase": {0: "batch", 2: "stft_frames"},
+    }
+    return _export(_HiftDecoderWrapper(model), (mel, s_stft), path, HIFT_DECODER_INPUTS, HIFT_DECODER_OUTPUTS,
+                   dynamic_axes)
+
+
+def export_cosyvoice_onnx(cosyvoice_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Load ``cosyvoice_dir`` (cosyvoice.yaml, flow.pt, hift.pt) and write both ONNX files into ``out_dir``."""
+    from stepaudio.tts.flow import load_flow
+    from stepaudio.tts.hift import load_hift
+
+    cosyvoice_dir, out_dir = Path(cosyvoice_dir), Path(out_dir)
+    flow = load_flow(cosyvoice_dir)
+    hift = load_hift(cosyvoice_dir)
+    return {
+        "flow_estimator": export_flow_estimator(flow, out_dir / ESTIMATOR_FILE),
+        "hift_decoder": export_hift_decoder(hift, out_dir / HIFT_DECODER_FILE),
+    }
+
+
+def measure_rtf(cosyvoice_dir: str | Path, onnx_dir: str | Path, threads: int = 1, repeats: int = 3,
+                n_tokens: int = 60, n_prompt: int = 30, seed: int = 0) -> dict[str, float]:
+    """Real-time factor (seconds of compute per second of audio) of flow + HiFT, PyTorch vs ONNX Runtime.
+
+    Random tokens, prompt and speaker embedding; 10 flow steps; the best of ``repeats`` runs each.
+    ``threads`` bounds both PyTorch's and ONNX Runtime's intra-op pools.
+    """
+    import time
+
+    from stepaudio.tts.flow import load_flow
+    from stepaudio.tts.hift import TorchNoise, load_hift
+    from stepaudio.tts.onnx_modules import use_onnx
+
+    cosyvoice_dir = Path(cosyvoice_dir)
+    g = torch.Generator().manual_seed(seed)
+    pt_flow, pt_hift = load_flow(cosyvoice_dir), load_hift(cosyvoice_dir, fold_weight_norm=True)
+    ox_flow, ox_hift = load_flow(cosyvoice_dir), load_hift(cosyvoice_dir, fold_weight_norm=True)
+    use_onnx(ox_flow, ox_hift, onnx_dir, threads=threads)
+    vocab = pt_flow.vocab_size
+    token = torch.randint(0, vocab, (1, n_tokens), generator=g)
+    prompt_token = torch.randint(0, vocab, (1, n_prompt), generator=g)
+    prompt_feat = torch.randn(1, pt_flow.mel_frames(n_prompt), pt_flow.output_size, generator=g)
+    embedding = torch.randn(1, pt_flow.spk_embed_affine_layer.in_features, generator=g)
+    sample_rate = pt_hift.config.sampling_rate
+
+    def run(flow, hift) -> tuple[float, float]:
+        best, seconds = float("inf"), 0.0
+        for i in range(repeats + 1):  # the first run warms up
+            t0 = time.perf_counter()
+            mel = flow.inference(token, prompt_token, prompt_feat, embedding, generator=torch.Generator().manual_seed(i))
+            wav = hift.inference(mel, TorchNoise(i)).wav
+            elapsed = time.perf_counter() - t0
+            if i:
+                best = min(best, elapsed)
+            seconds = wav.shape[-1] / sample_rate
+        return best, seconds
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pt_time, audio_s = run(pt_flow, pt_hift)
+        ox_time, _ = run(ox_flow, ox_hift)
+    finally:
+        torch.set_num_threads(n)
+    return {"audio_s": round(audio_s, 4), "pytorch_rtf": round(pt_time / audio_s, 5),
+            "onnx_rtf": round(ox_time / audio_s, 5), "threads": threads}
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="Export a CosyVoice folder to ONNX and time flow+HiFT.")
+    parser.add_argument("cosyvoice_dir", type=Path)
+    parser.add_argument("--out", type=Path, help="folder for the ONNX files (default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    ns = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = ns.out or Path(tmp)
+        files = export_cosyvoice_onnx(ns.cosyvoice_dir, out)
+        print(json.dumps({k: str(v) for k, v in files.items()}))
+        print(json.dumps(measure_rtf(ns.cosyvoice_dir, out, threads=ns.threads, repeats=ns.repeats)))
