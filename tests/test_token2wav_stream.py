@@ -185,3 +185,16 @@ def test_push_after_finish_and_close(setup):
         s.push(tokens[:5])
     s.close()
     assert s.mel.numel() == 0 and s.source.numel() == 0
+
+
+def test_benchmark_smoke(setup, tmp_path):
+    import json
+
+    from benchmarks import token2wav_stream
+
+    res = token2wav_stream.main(["--repeat", "1", "--out", str(tmp_path)])
+    doc = json.loads((tmp_path / "token2wav_stream.json").read_text())
+    assert doc["name"] == "token2wav_stream" and doc["results"]["tokens"] == res["tokens"] == 60
+    default = doc["results"]["policies"]["default"]
+    assert default["first_chunk_tokens"] == 25 and default["snr_db"] > STREAM_SNR_DB
+    assert doc["results"]["policies"]["one_chunk"]["max_abs_dev"] < 1e-5
