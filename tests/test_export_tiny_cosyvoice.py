@@ -12,7 +12,8 @@ from stepaudio.tts.hift import TorchNoise, load_hift
 def test_tiny_tts_has_both_decoders(tiny_checkpoints):
     for name in ("CosyVoice-300M-25Hz", "CosyVoice-300M-25Hz-Music"):
         d = tiny_checkpoints / "Step-Audio-TTS-3B" / name
-        assert {"cosyvoice.yaml", "flow.pt", "hift.pt"} <= {p.name for p in d.iterdir()}
+        assert {"cosyvoice.yaml", "flow.pt", "hift.pt", "campplus.onnx"} <= {p.name for p in d.iterdir()}
+    assert (tiny_checkpoints / "speakers" / "speakers_info.json").is_file()
 
 
 def test_deterministic_and_synthesises(tmp_path):

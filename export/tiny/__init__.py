@@ -56,17 +56,28 @@ COSYVOICE_DIRS = {"CosyVoice-300M-25Hz": 0, "CosyVoice-300M-25Hz-Music": 1000}  
 
 def _write_step_audio_tts_3b(dest: Path, opts: TinyOptions) -> Path:
     # The Step-1 LM part (config, weights, tokenizer) and the two CosyVoice speech decoders.
+    from .campplus import write_campplus
     from .cosyvoice import write_cosyvoice
     from .step1 import write_step1
 
     write_step1(dest, opts, kind="tts")
     for name, offset in COSYVOICE_DIRS.items():
-        opts.progress(f"  {name}: cosyvoice.yaml, flow.pt, hift.pt")
+        opts.progress(f"  {name}: cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx")
         write_cosyvoice(dest / name, opts.seed + offset)
+        # the same CAM++ in both folders, as in the release (only the common one's is used)
+        write_campplus(dest / name / "campplus.onnx", opts.seed)
     return dest
 
 
+def _write_speakers(dest: Path, opts: TinyOptions) -> Path:
+    # Built-in voices; the reference reads speakers/ beside the models (its code repository's root).
+    from .speakers import write_speakers
+
+    return write_speakers(dest, opts.seed)
+
+
 COMPONENTS: dict[str, Writer] = {
+    "speakers": _write_speakers,
     "Step-Audio-Tokenizer": _write_step_audio_tokenizer,
     "Step-Audio-Chat": _write_step_audio_chat,
     "Step-Audio-TTS-3B": _write_step_audio_tts_3b,
