@@ -67,6 +67,36 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tts(args: argparse.Namespace) -> int:
+    import numpy as np
+    import soundfile as sf
+
+    from client.tts import stream_tts, tts_inputs
+
+    clone_audio = clone_sr = None
+    if args.clone:
+        clone_audio, clone_sr = read_wav(args.clone)
+    client = grpcclient.InferenceServerClient(args.url)
+    parts, sr = [], 22050
+    try:
+        inputs = tts_inputs(args.text, speaker=args.speaker, clone_audio=clone_audio, clone_sample_rate_hz=clone_sr,
+                            clone_text=args.clone_text, seed=args.seed, max_new_tokens=args.max_new_tokens)
+        for audio, chunk_sr, t_s in stream_tts(client, inputs):
+            sr = chunk_sr
+            if not parts:
+                print(f"# first chunk after {t_s * 1000:.0f} ms", file=sys.stderr)
+            parts.append(audio)
+    except InferenceServerException as exc:
+        print(f"error: {exc.message()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    wav = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    sf.write(args.out, wav, sr)
+    print(f"# wrote {args.out}: {len(wav) / sr:.2f} s in {len(parts)} chunks", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,8 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--temperature", type=float, default=None)
     chat.add_argument("--seed", type=int, default=None)
     chat.add_argument("-v", "--verbose", action="store_true")
+    tts = sub.add_parser("tts", help="stream speech from the tts model into a WAV file")
+    tts.add_argument("text")
+    tts.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT")
+    tts.add_argument("--out", default="out.wav")
+    tts.add_argument("--speaker", default=None, help="built-in speaker id (default: the server's)")
+    tts.add_argument("--clone", default=None, help="prompt WAV of the voice to clone")
+    tts.add_argument("--clone-text", default=None, help="exact transcript of the prompt WAV")
+    tts.add_argument("--seed", type=int, default=None)
+    tts.add_argument("--max-new-tokens", type=int, default=None)
     args = parser.parse_args(argv)
-    return {"tokenize": _tokenize, "chat": _chat}[args.command](args)
+    return {"tokenize": _tokenize, "chat": _chat, "tts": _tts}[args.command](args)
 
 
 if __name__ == "__main__":

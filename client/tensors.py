@@ -61,3 +61,17 @@ PROMPT_TOKENS = TensorSpec("prompt_tokens", "TYPE_INT32", (1,))
 COMPLETION_TOKENS = TensorSpec("completion_tokens", "TYPE_INT32", (1,))
 CACHED_PROMPT_TOKENS = TensorSpec("cached_prompt_tokens", "TYPE_INT32", (1,))
 LLM_OUTPUTS = (TOKEN_IDS, TEXT_DELTA, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS, CACHED_PROMPT_TOKENS)
+
+# -- tts: text (+ built-in speaker or clone prompt) -> streamed audio (decoupled, BLS over tts_lm) --
+TTS = "tts"
+TTS_TEXT = TensorSpec("text", "TYPE_STRING", (1,))
+TTS_SPEAKER = TensorSpec("speaker", "TYPE_STRING", (1,), optional=True)
+CLONE_AUDIO = TensorSpec("clone_audio", "TYPE_FP32", (-1,), optional=True)
+CLONE_SAMPLE_RATE_HZ = TensorSpec("clone_sample_rate_hz", "TYPE_INT32", (1,), optional=True)
+CLONE_TEXT = TensorSpec("clone_text", "TYPE_STRING", (1,), optional=True)
+TTS_STREAM = TensorSpec("stream", "TYPE_BOOL", (1,), optional=True)  # false: one chunk at the end
+TTS_INPUTS = (TTS_TEXT, TTS_SPEAKER, CLONE_AUDIO, CLONE_SAMPLE_RATE_HZ, CLONE_TEXT, TTS_STREAM, SEED,
+              MAX_NEW_TOKENS, TEMPERATURE)
+AUDIO_OUT = TensorSpec("audio", "TYPE_FP32", (-1,))  # mono PCM in [-1, 1]
+AUDIO_SAMPLE_RATE_HZ = TensorSpec("sample_rate_hz", "TYPE_INT32", (1,))
+TTS_OUTPUTS = (AUDIO_OUT, AUDIO_SAMPLE_RATE_HZ, FINISH_REASON)

@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 TOKENIZER_DIR = "Step-Audio-Tokenizer"
 TTS_DIR = "Step-Audio-TTS-3B"
 CHAT_DIR = "Step-Audio-Chat"
+SPEAKERS_DIR = "speakers"
 CHECKPOINT_DIRS = (TOKENIZER_DIR, CHAT_DIR, TTS_DIR)
 
 
@@ -67,6 +68,14 @@ def _tts_lm_defaults() -> LlmConfig:
 
 
 @dataclass
+class TtsConfig:
+    instances: int = 1
+    torch_threads: int = 1
+    default_speaker: str = "Tingting"
+    voice_cache_size: int = 32  # prepared clone prompts kept (LRU, keyed by audio hash)
+
+
+@dataclass
 class DeploymentConfig:
     preset: str
     checkpoints: Path
@@ -74,6 +83,7 @@ class DeploymentConfig:
     audio_tokenizer_stream: AudioTokenizerStreamConfig = field(default_factory=AudioTokenizerStreamConfig)
     chat_llm: LlmConfig = field(default_factory=LlmConfig)
     tts_lm: LlmConfig = field(default_factory=_tts_lm_defaults)
+    tts: TtsConfig = field(default_factory=TtsConfig)
 
     def present_checkpoints(self) -> dict[str, bool]:
         return {name: (self.checkpoints / name).is_dir() for name in CHECKPOINT_DIRS}
@@ -163,6 +173,8 @@ def validate(cfg: DeploymentConfig) -> None:
             raise ConfigError(f"{name}.tensor_parallel_size must be >= 1")
         if section.tensor_parallel_size > 1 and section.instances != 1:
             raise ConfigError(f"{name}: a tensor-parallel deployment runs one instance (it spans the GPUs)")
+    if cfg.tts.instances < 1:
+        raise ConfigError("tts.instances must be >= 1")
     for name in ("audio_tokenizer", "audio_tokenizer_stream", "chat_llm", "tts_lm"):
         section = getattr(cfg, name)
         if section.instances < 1:

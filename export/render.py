@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client import tensors as T
-from export.deploy_config import CHAT_DIR, TOKENIZER_DIR, TTS_DIR, DeploymentConfig
+from export.deploy_config import CHAT_DIR, SPEAKERS_DIR, TOKENIZER_DIR, TTS_DIR, DeploymentConfig
 
 TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
 PLACEHOLDER_RE = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_]")
@@ -60,6 +60,7 @@ class ModelSpec:
     checkpoint: str  # the checkpoint folder it needs
     values: Callable[[DeploymentConfig], dict[str, object]]
     template: str = ""  # template folder; defaults to the model's name
+    also_needs: tuple[str, ...] = ()  # further checkpoint folders
 
     @property
     def template_dir(self) -> str:
@@ -116,11 +117,25 @@ def _llm_values(name: str, mode: str, checkpoint: str) -> Callable[[DeploymentCo
     return values
 
 
+def _tts_values(cfg: DeploymentConfig) -> dict[str, object]:
+    s = cfg.tts
+    return {
+        "name": T.TTS,
+        "inputs": _tensor_block("input", T.TTS_INPUTS),
+        "outputs": _tensor_block("output", T.TTS_OUTPUTS),
+        "instances": s.instances,
+        "instance_kind": "KIND_CPU",
+        "parameters": _parameters({"tts_dir": cfg.checkpoints / TTS_DIR, "tokenizer_dir": cfg.checkpoints / TOKENIZER_DIR,
+                                   "speakers_dir": cfg.checkpoints / SPEAKERS_DIR, **_section_params(s)}),
+    }
+
+
 MODELS = (
     ModelSpec(T.AUDIO_TOKENIZER, TOKENIZER_DIR, _tokenizer_values),
     ModelSpec(T.AUDIO_TOKENIZER_STREAM, TOKENIZER_DIR, _stream_values),
     ModelSpec(T.CHAT_LLM, CHAT_DIR, _llm_values(T.CHAT_LLM, "chat", CHAT_DIR), template="llm"),
     ModelSpec(T.TTS_LM, TTS_DIR, _llm_values(T.TTS_LM, "tts", TTS_DIR), template="llm"),
+    ModelSpec(T.TTS, TTS_DIR, _tts_values, also_needs=(TOKENIZER_DIR,)),
 )
 
 
@@ -148,7 +163,7 @@ def build_repository(cfg: DeploymentConfig, out_dir: str | Path, template_root: 
     out_dir = Path(out_dir)
     present = cfg.present_checkpoints()
     missing = [name for name, ok in present.items() if not ok]
-    specs = [m for m in MODELS if present.get(m.checkpoint)]
+    specs = [m for m in MODELS if present.get(m.checkpoint) and all(present.get(n) for n in m.also_needs)]
     if not specs:
         raise RenderError(
             f"{cfg.checkpoints}: holds none of the servable checkpoint folders "

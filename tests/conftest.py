@@ -69,3 +69,18 @@ def speech_16k(tmp_path_factory) -> np.ndarray:
     audio, sr = sf.read(str(path), dtype="float32")
     assert sr == 16000
     return audio
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_checkpoints, tmp_path_factory):
+    """One real tritonserver with every model on the tiny checkpoints (chat_llm has one slot, so a
+    request can only run once the previous one left the engine: the cancellation test relies on it)."""
+    from export.deploy_config import load_config
+    from export.render import build_repository
+    from tests.triton_helpers import start_server
+
+    cfg = load_config("cpu", tiny_checkpoints, ["chat_llm.max_batch_size=1", "tts_lm.max_batch_size=4"])
+    repo = tmp_path_factory.mktemp("tiny-repo") / "model_repository"
+    build_repository(cfg, repo)
+    with start_server(repo, timeout_s=300) as srv:
+        yield srv

@@ -13,22 +13,14 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client.chat import build_inputs, stream_generate
-from export.deploy_config import load_config
-from export.render import build_repository
 from tests.conftest import ROOT
-from tests.triton_helpers import start_server
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoints, tmp_path_factory):
-    # One sequence per instance: a request can only run once the previous one left the engine.
-    cfg = load_config("cpu", tiny_checkpoints, ["chat_llm.max_batch_size=1", "tts_lm.max_batch_size=4"])
-    repo = tmp_path_factory.mktemp("llm-repo") / "model_repository"
-    build_repository(cfg, repo)
-    with start_server(repo, timeout_s=240) as srv:
-        yield srv
+@pytest.fixture
+def server(tiny_server):
+    return tiny_server
 
 
 @pytest.fixture
