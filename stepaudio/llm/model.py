@@ -121,12 +121,15 @@ class Attention(nn.Module):
             v = torch.cat([cache.v.to(v_new.dtype), v_new], dim=2)
         else:
             k, v = k_new, v_new
+        # Head h uses group h // rep. Instead of copying K/V for every head, fold a group's heads into
+        # the query rows: (B, G, rep * T, D) against (B, G, Tk, D), one matmul per group.
         rep = self.n_heads // self.n_groups
-        k = k.repeat_interleave(rep, dim=1)  # (B, H, Tk, D): head h uses group h // rep
-        v = v.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) / math.sqrt(d) + bias  # (B, H, T, Tk)
+        tk = k.shape[2]
+        qg = q.reshape(b, self.n_groups, rep * t, d)
+        scores = torch.matmul(qg.float(), k.float().transpose(-1, -2)) / math.sqrt(d)  # (B, G, rep*T, Tk)
+        scores = scores + bias.reshape(b, self.n_groups, rep * t, tk)  # bias (B, H, T, Tk) in the same order
         probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows of padding queries are all -inf
-        out = torch.matmul(probs.to(v.dtype), v)  # (B, H, T, D)
+        out = torch.matmul(probs.to(v.dtype), v).reshape(b, self.n_heads, t, d)  # (B, H, T, D)
         out = self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * d))
         return self.tp.all_reduce(out), k_new, v_new
 
