@@ -53,7 +53,8 @@ def espeak_wav(text: str, out: Path, sample_rate_hz: int = 16000, pause_ms: int 
         subprocess.run(["espeak-ng", "-m", "-w", str(raw), f"<speak>{text}</speak>"], check=True)
     else:
         subprocess.run(["espeak-ng", "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", str(sample_rate_hz), "-b", "16", str(out)], check=True)
+    # -D: no dither, so the same text always gives the same samples
+    subprocess.run(["sox", str(raw), "-D", "-r", str(sample_rate_hz), "-b", "16", str(out)], check=True)
     raw.unlink()
     return out
 
