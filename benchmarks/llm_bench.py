@@ -787,7 +787,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="before each measured run, wait up to this long for other processes to go quiet (0: no wait)")
     p.add_argument("--max-other-share", type=float, default=0.1,
                    help="a run during which other processes used more of the CPU counts as disturbed")
-    p.add_argument("--retries", type=int, default=1, help="repeats of a disturbed run (the cleanest is kept)")
+    p.add_argument("--retries", type=int, default=2, help="repeats of a disturbed run (the cleanest is kept)")
     args = p.parse_args(argv)
     bad = [x for x in args.presets if x not in PRESETS]
     if bad:
