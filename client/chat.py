@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import queue
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,6 +10,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from client import tensors as T
+from client.grpc_stream import decoupled_responses
 
 
 @dataclass
@@ -61,33 +60,10 @@ def stream_generate(
     timeout_s: float = 300.0,
 ) -> Iterator[Chunk]:
     """Yields the chunks of one generation; raises the server's error if the request failed."""
-    q: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: q.put((result, error)))
-    t0 = time.perf_counter()
-    done = False  # the server closed the stream: nothing left to cancel
-    try:
-        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
-        while True:
-            result, error = q.get(timeout=timeout_s)
-            if error is not None:
-                done = True
-                raise error
-            final = result.get_response().parameters.get("triton_final_response")
-            is_final = bool(final and final.bool_param)
-            done = is_final
-            if result.as_numpy(T.TOKEN_IDS.name) is None:  # the empty final response
-                if is_final:
-                    return
-                continue
-            reason = result.as_numpy(T.FINISH_REASON.name)[0].decode()
-            yield Chunk(
-                result.as_numpy(T.TOKEN_IDS.name).tolist(), result.as_numpy(T.TEXT_DELTA.name)[0].decode(), reason,
-                int(result.as_numpy(T.PROMPT_TOKENS.name)[0]), int(result.as_numpy(T.COMPLETION_TOKENS.name)[0]),
-                int(result.as_numpy(T.CACHED_PROMPT_TOKENS.name)[0]), time.perf_counter() - t0,
-            )
-            if is_final:
-                return
-    finally:
-        # Cancel only a request still running (the caller stopped early); cancelling one the server
-        # already finished has been seen to leave tritonserver 2.51 unable to unload the model.
-        client.stop_stream(cancel_requests=not done)
+    for result, _final, t_s in decoupled_responses(client, model, inputs, timeout_s):
+        yield Chunk(
+            result.as_numpy(T.TOKEN_IDS.name).tolist(), result.as_numpy(T.TEXT_DELTA.name)[0].decode(),
+            result.as_numpy(T.FINISH_REASON.name)[0].decode(),
+            int(result.as_numpy(T.PROMPT_TOKENS.name)[0]), int(result.as_numpy(T.COMPLETION_TOKENS.name)[0]),
+            int(result.as_numpy(T.CACHED_PROMPT_TOKENS.name)[0]), t_s,
+        )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import queue
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
 from client import tensors as T
+from client.grpc_stream import decoupled_responses
 
 
 def _inp(spec: T.TensorSpec, value: np.ndarray) -> grpcclient.InferInput:
@@ -39,23 +38,5 @@ def tts_inputs(text: str, speaker: str | None = None, clone_audio: np.ndarray | 
 def stream_tts(client: grpcclient.InferenceServerClient, inputs: list[grpcclient.InferInput],
                timeout_s: float = 300.0) -> Iterator[tuple[np.ndarray, int, float]]:
     """Yields (audio chunk, sample rate, seconds since the request) until the final response."""
-    q: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: q.put((result, error)))
-    t0 = time.perf_counter()
-    done = False
-    try:
-        client.async_stream_infer(T.TTS, inputs, enable_empty_final_response=True)
-        while True:
-            result, error = q.get(timeout=timeout_s)
-            if error is not None:
-                done = True
-                raise error
-            final = result.get_response().parameters.get("triton_final_response")
-            done = bool(final and final.bool_param)
-            audio = result.as_numpy(T.AUDIO_OUT.name)
-            if audio is not None:
-                yield audio, int(result.as_numpy(T.AUDIO_SAMPLE_RATE_HZ.name)[0]), time.perf_counter() - t0
-            if done:
-                return
-    finally:
-        client.stop_stream(cancel_requests=not done)
+    for result, _final, t_s in decoupled_responses(client, T.TTS, inputs, timeout_s):
+        yield result.as_numpy(T.AUDIO_OUT.name), int(result.as_numpy(T.AUDIO_SAMPLE_RATE_HZ.name)[0]), t_s
