@@ -67,3 +67,11 @@ def stream_generate(
             int(result.as_numpy(T.PROMPT_TOKENS.name)[0]), int(result.as_numpy(T.COMPLETION_TOKENS.name)[0]),
             int(result.as_numpy(T.CACHED_PROMPT_TOKENS.name)[0]), t_s,
         )
+
+
+def cancel(client: grpcclient.InferenceServerClient, model: str, request_id: str, timeout_s: float = 30.0) -> None:
+    """Cancels the running request of ``model`` (chat_llm, tts_lm or tts) started with ``request_id``,
+    from any connection: a control request holding only ``cancel_request_id``."""
+    inputs = [_inp(T.CANCEL_REQUEST_ID, np.array([request_id.encode()], dtype=np.object_))]
+    for _ in decoupled_responses(client, model, inputs, timeout_s):
+        pass  # the control request answers with an empty final response only

@@ -73,6 +73,44 @@ class TtsConfig:
     torch_threads: int = 1
     default_speaker: str = "Tingting"
     voice_cache_size: int = 32  # prepared clone prompts kept (LRU, keyed by audio hash)
+    push_tokens: int = 5  # speech tokens gathered before a push to token2wav (5 = one 120 ms group)
+
+
+@dataclass
+class SpeakerEmbeddingConfig:
+    instances: int = 1
+    onnx_threads: int = 1
+    max_audio_s: float = 60.0
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 1000
+
+
+@dataclass
+class Token2WavConfig:
+    instances: int = 1
+    device: str = "cpu"
+    torch_threads: int = 1
+    backend: str = "onnx"  # onnx: flow estimator + HiFT decoder through ONNX Runtime | torch: all PyTorch
+    onnx_threads: int = 1
+    n_timesteps: int = 10  # Euler steps of the flow ODE
+    first_chunk_tokens: int = 20  # about 0.48 s of speech before the first audio
+    chunk_growth: float = 2.0
+    max_chunk_tokens: int = 100
+    lookahead_tokens: int = 5
+    idle_timeout_s: float = 60.0
+    max_streams: int = 64
+    max_batch_size: int = 8  # sequences the batcher may hand to one execute()
+    max_queue_delay_us: int = 0
+
+
+@dataclass
+class AsrConfig:
+    instances: int = 1
+    device: str = "cpu"
+    torch_threads: int = 1
+    max_audio_s: float = 120.0  # longest utterance accepted
+    max_batch_size: int = 8  # requests the dynamic batcher may hand to one execute()
+    max_queue_delay_us: int = 2000
 
 
 @dataclass
@@ -84,6 +122,9 @@ class DeploymentConfig:
     chat_llm: LlmConfig = field(default_factory=LlmConfig)
     tts_lm: LlmConfig = field(default_factory=_tts_lm_defaults)
     tts: TtsConfig = field(default_factory=TtsConfig)
+    speaker_embedding: SpeakerEmbeddingConfig = field(default_factory=SpeakerEmbeddingConfig)
+    token2wav: Token2WavConfig = field(default_factory=Token2WavConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
 
     def present_checkpoints(self) -> dict[str, bool]:
         return {name: (self.checkpoints / name).is_dir() for name in CHECKPOINT_DIRS}
@@ -109,6 +150,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "chat_llm": {"device": "cuda", "dtype": "bfloat16", "max_batch_size": 64, "prefix_cache_tokens": 262144,
                      "tensor_parallel_size": 4},
         "tts_lm": {"device": "cuda", "dtype": "bfloat16", "max_batch_size": 64, "prefix_cache_tokens": 262144},
+        # The PyTorch flow/HiFT on the GPU until the TensorRT engines built from the ONNX files land.
+        "token2wav": {"device": "cuda", "backend": "torch", "instances": 2, "max_streams": 128},
+        "asr": {"device": "cuda", "torch_threads": 4, "max_batch_size": 32},
     },
 }
 
@@ -175,7 +219,9 @@ def validate(cfg: DeploymentConfig) -> None:
             raise ConfigError(f"{name}: a tensor-parallel deployment runs one instance (it spans the GPUs)")
     if cfg.tts.instances < 1:
         raise ConfigError("tts.instances must be >= 1")
-    for name in ("audio_tokenizer", "audio_tokenizer_stream", "chat_llm", "tts_lm"):
+    if cfg.asr.max_batch_size < 1 or cfg.asr.max_audio_s <= 0:
+        raise ConfigError("asr: max_batch_size must be >= 1 and max_audio_s > 0")
+    for name in ("audio_tokenizer", "audio_tokenizer_stream", "chat_llm", "tts_lm", "asr"):
         section = getattr(cfg, name)
         if section.instances < 1:
             raise ConfigError(f"{name}.instances must be >= 1")

@@ -8,6 +8,7 @@ and no ``${`` may survive.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import shutil
 import string
@@ -19,6 +20,9 @@ from client import tensors as T
 from export.deploy_config import CHAT_DIR, SPEAKERS_DIR, TOKENIZER_DIR, TTS_DIR, DeploymentConfig
 
 TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
+COMMON_DECODER = "CosyVoice-300M-25Hz"  # its campplus.onnx embeds speakers for both decoders
+DECODERS = (COMMON_DECODER, "CosyVoice-300M-25Hz-Music")
+ONNX_EXPORT_VERSION = "1"  # bump when export/onnx_tts.py changes what it writes
 PLACEHOLDER_RE = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_]")
 
 
@@ -61,6 +65,8 @@ class ModelSpec:
     values: Callable[[DeploymentConfig], dict[str, object]]
     template: str = ""  # template folder; defaults to the model's name
     also_needs: tuple[str, ...] = ()  # further checkpoint folders
+    # Writes build artifacts (e.g. ONNX files) into the staged model folder: (config, model folder, cache folder).
+    artifacts: Callable[[DeploymentConfig, Path, Path], None] | None = None
 
     @property
     def template_dir(self) -> str:
@@ -130,12 +136,85 @@ def _tts_values(cfg: DeploymentConfig) -> dict[str, object]:
     }
 
 
+def _speaker_embedding_values(cfg: DeploymentConfig) -> dict[str, object]:
+    s = cfg.speaker_embedding
+    return {
+        "name": T.SPEAKER_EMBEDDING,
+        "inputs": _tensor_block("input", T.SPEAKER_EMBEDDING_INPUTS),
+        "outputs": _tensor_block("output", T.SPEAKER_EMBEDDING_OUTPUTS),
+        "max_batch_size": s.max_batch_size,
+        "max_queue_delay_us": s.max_queue_delay_us,
+        "instances": s.instances,
+        "parameters": _parameters({"decoder_dir": cfg.checkpoints / TTS_DIR / COMMON_DECODER, **_section_params(s)}),
+    }
+
+
+def _token2wav_values(cfg: DeploymentConfig) -> dict[str, object]:
+    s = cfg.token2wav
+    return {
+        "name": T.TOKEN2WAV,
+        "inputs": _tensor_block("input", T.TOKEN2WAV_INPUTS),
+        "outputs": _tensor_block("output", T.TOKEN2WAV_OUTPUTS),
+        "max_batch_size": s.max_batch_size,
+        "max_sequence_idle_us": int(s.idle_timeout_s * 1_000_000),
+        "max_candidate_sequences": s.max_streams,
+        "max_queue_delay_us": s.max_queue_delay_us,
+        "control_start": T.CONTROL_START,
+        "control_end": T.CONTROL_END,
+        "control_corrid": T.CONTROL_CORRID,
+        "instances": s.instances,
+        "instance_kind": "KIND_GPU" if s.device == "cuda" else "KIND_CPU",
+        "parameters": _parameters({"tts_dir": cfg.checkpoints / TTS_DIR, **_section_params(s)}),
+    }
+
+
+def _token2wav_onnx(cfg: DeploymentConfig, model_dir: Path, cache_dir: Path) -> None:
+    """backend=onnx: the flow estimator and HiFT decoder of each decoder as ONNX files in ``1/onnx/<decoder>/``,
+    exported once per checkpoint version (cached by the files' paths, sizes and modification times)."""
+    if cfg.token2wav.backend == "torch":
+        return
+    if cfg.token2wav.backend != "onnx":
+        raise RenderError(f"token2wav.backend must be onnx or torch, got {cfg.token2wav.backend!r}")
+    from export.onnx_tts import export_cosyvoice_onnx
+
+    for name in DECODERS:
+        src = cfg.checkpoints / TTS_DIR / name
+        key = hashlib.sha1(ONNX_EXPORT_VERSION.encode())
+        for f in ("cosyvoice.yaml", "flow.pt", "hift.pt"):
+            st = (src / f).stat()
+            key.update(f"{(src / f).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        cached = cache_dir / f"{name}-{key.hexdigest()[:16]}"
+        if not (cached / "done").is_file():
+            print(f"[export] exporting {name} flow estimator and HiFT decoder to ONNX", flush=True)
+            shutil.rmtree(cached, ignore_errors=True)
+            export_cosyvoice_onnx(src, cached)
+            (cached / "done").write_text("ok\n")
+        shutil.copytree(cached, model_dir / "1" / "onnx" / name, ignore=shutil.ignore_patterns("done"))
+
+
+def _asr_values(cfg: DeploymentConfig) -> dict[str, object]:
+    s = cfg.asr
+    return {
+        "name": T.ASR,
+        "inputs": _tensor_block("input", T.ASR_INPUTS),
+        "outputs": _tensor_block("output", T.ASR_OUTPUTS),
+        "max_batch_size": s.max_batch_size,
+        "max_queue_delay_us": s.max_queue_delay_us,
+        "instances": s.instances,
+        "instance_kind": "KIND_GPU" if s.device == "cuda" else "KIND_CPU",
+        "parameters": _parameters({"checkpoint_dir": cfg.checkpoints / TOKENIZER_DIR, **_section_params(s)}),
+    }
+
+
 MODELS = (
     ModelSpec(T.AUDIO_TOKENIZER, TOKENIZER_DIR, _tokenizer_values),
     ModelSpec(T.AUDIO_TOKENIZER_STREAM, TOKENIZER_DIR, _stream_values),
     ModelSpec(T.CHAT_LLM, CHAT_DIR, _llm_values(T.CHAT_LLM, "chat", CHAT_DIR), template="llm"),
     ModelSpec(T.TTS_LM, TTS_DIR, _llm_values(T.TTS_LM, "tts", TTS_DIR), template="llm"),
+    ModelSpec(T.SPEAKER_EMBEDDING, TTS_DIR, _speaker_embedding_values),
+    ModelSpec(T.TOKEN2WAV, TTS_DIR, _token2wav_values, artifacts=_token2wav_onnx),
     ModelSpec(T.TTS, TTS_DIR, _tts_values, also_needs=(TOKENIZER_DIR,)),
+    ModelSpec(T.ASR, TOKENIZER_DIR, _asr_values),
 )
 
 
@@ -179,6 +258,8 @@ def build_repository(cfg: DeploymentConfig, out_dir: str | Path, template_root: 
         (dst / "1").mkdir(parents=True)
         (dst / "config.pbtxt").write_text(render_text(tmpl.read_text(encoding="utf-8"), spec.values(cfg), str(tmpl)))
         shutil.copy2(src / "1" / "model.py", dst / "1" / "model.py")
+        if spec.artifacts is not None:
+            spec.artifacts(cfg, dst, out_dir.parent / "artifact-cache")
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return BuildReport(out_dir, [s.name for s in specs], missing)

@@ -130,6 +130,30 @@ def test_client_cancellation_frees_the_slot(server):
     assert time.perf_counter() - t0 < 15  # the 4000-token request would take minutes
 
 
+def test_cancel_by_request_id_from_another_connection(server):
+    """The control request stops a running stream (finish_reason "cancelled") and frees the one slot;
+    a cancel that overtakes its request is applied when the request arrives."""
+    from client.chat import cancel
+
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    long = stream_generate(c, "chat_llm", build_inputs(prompt_ids=[1, 4, 385, 15], max_new_tokens=4000,
+                                                       temperature=1.0, request_id="long-1"))
+    first = next(long)
+    assert first.finish_reason == ""
+    other = grpcclient.InferenceServerClient(server.grpc_url)
+    cancel(other, "chat_llm", "long-1")
+    rest = list(long)
+    assert rest[-1].finish_reason == "cancelled" and len(rest) < 3000
+    cancel(other, "chat_llm", "early-1")  # nothing runs with this id yet
+    early = list(stream_generate(other, "chat_llm", build_inputs(prompt_ids=[1, 4], max_new_tokens=4000,
+                                                                 request_id="early-1"), timeout_s=20))
+    assert early[-1].finish_reason == "cancelled" and early[-1].completion_tokens < 10
+    out = list(stream_generate(other, "chat_llm", build_inputs(prompt_ids=[1, 4, 385], max_new_tokens=3)))
+    assert out[-1].completion_tokens == 3
+    c.close()
+    other.close()
+
+
 def test_concurrent_streams(server):
     results = {}
 

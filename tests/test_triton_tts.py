@@ -89,3 +89,48 @@ def test_client_cli_tts(tiny_server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "first chunk after" in proc.stderr and out.is_file()
     assert sf.info(str(out)).samplerate == 22050
+
+
+def _gauge(server, name: str) -> float:
+    """Sum of a custom gauge over the server's model instances (Prometheus text format)."""
+    import urllib.request
+
+    url = server.metrics_url if "://" in server.metrics_url else f"http://{server.metrics_url}"
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+    assert values, f"{name} not exported"
+    return sum(values)
+
+
+def _wait_gauge(server, name: str, value: float, timeout_s: float = 10.0) -> float:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (v := _gauge(server, name)) != value and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return v
+
+
+def test_cancel_by_request_id_stops_tts_lm_and_frees_token2wav(client, tiny_server):
+    from client.chat import cancel
+
+    chunks = stream_tts(client, tts_inputs(TEXT, seed=5, max_new_tokens=4000, request_id="tts-long"))
+    next(chunks)  # audio is flowing: tts_lm and a token2wav stream are open
+    assert _gauge(tiny_server, "token2wav_open_streams") >= 1
+    other = grpcclient.InferenceServerClient(tiny_server.grpc_url)
+    cancel(other, "tts", "tts-long")
+    other.close()
+    rest = list(chunks)
+    assert rest and len(rest[-1][0]) == 0  # the closing response: no audio
+    assert _wait_gauge(tiny_server, "token2wav_open_streams", 0) == 0
+    assert _wait_gauge(tiny_server, "llm_active_requests", 0) == 0  # tts_lm stopped, not left running
+
+
+def test_client_cancellation_reaches_tts_lm_and_token2wav(tiny_server):
+    c = grpcclient.InferenceServerClient(tiny_server.grpc_url)
+    chunks = stream_tts(c, tts_inputs(TEXT, seed=6, max_new_tokens=4000))
+    next(chunks)
+    chunks.close()  # leaving early cancels the request on the server
+    c.close()
+    assert _wait_gauge(tiny_server, "token2wav_open_streams", 0) == 0
+    assert _wait_gauge(tiny_server, "llm_active_requests", 0) == 0

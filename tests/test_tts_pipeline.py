@@ -50,3 +50,32 @@ def test_bad_text(parts, text, match):
     voice = parts["bank"].builtin("Tingting")
     with pytest.raises(TtsInputError, match=match):
         plan(parts["tok"], text, voice)
+
+
+def test_token2wav_pushes_groups_audio_ids_and_ends_with_the_rest():
+    from stepaudio.tts.pipeline import token2wav_pushes
+
+    a = 65536
+    batches = [[a + 1], [a + 2, 7], [a + 3], [a + 4, a + 5], [a + 6], [70656]]  # 7 and 70656: not audio ids
+    assert list(token2wav_pushes(batches, push_tokens=2)) == [([1, 2], False), ([3, 4, 5], False), ([6], True)]
+    assert list(token2wav_pushes([], push_tokens=5)) == [([], True)]
+    with pytest.raises(ValueError, match="push_tokens"):
+        list(token2wav_pushes([], push_tokens=0))
+
+
+def test_cancel_board_flags_running_and_early_cancels():
+    from stepaudio.serving_utils import CancelBoard
+
+    now = [0.0]
+    board = CancelBoard(early_ttl_s=10, clock=lambda: now[0])
+    flag = board.register("a")
+    assert board.cancel("a") and flag.is_set()
+    with pytest.raises(ValueError, match="already active"):
+        board.register("a")
+    board.release("a")
+    assert not board.cancel("b")  # before its request: kept
+    assert board.register("b").is_set()
+    board.cancel("c")
+    now[0] = 11.0
+    assert not board.register("c").is_set()  # expired
+    assert len(board) == 2

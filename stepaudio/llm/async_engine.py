@@ -11,17 +11,25 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from stepaudio.llm.engine import Engine, GenerationRequest, TokenEvent
 
 log = logging.getLogger(__name__)
 
+# A cancel can overtake its request (both travel separately, e.g. through BLS): it is remembered this
+# long, for at most this many ids, and applied when the request arrives.
+EARLY_CANCEL_TTL_S = 30.0
+EARLY_CANCEL_MAX = 1024
+
 
 class AsyncEngine:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._early_cancels: OrderedDict[str, float] = OrderedDict()  # request id -> when cancelled
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
@@ -68,6 +76,8 @@ class AsyncEngine:
         except Exception:
             self._queues.pop(req.request_id, None)
             raise
+        if self._take_early_cancel(req.request_id):  # after add(): a step in between would forget it
+            self.engine.cancel(req.request_id)
         self._wake.set()
         finished = False
         try:
@@ -83,9 +93,32 @@ class AsyncEngine:
                 self._wake.set()
             self._queues.pop(req.request_id, None)
 
-    def cancel(self, request_id: str) -> None:
+    @property
+    def active(self) -> int:
+        """Requests whose streams are open."""
+        return len(self._queues)
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancels a running request; returns False when none runs with that id (the cancel is then
+        kept for a while, in case the request itself is still on its way)."""
+        if request_id not in self._queues:
+            self._early_cancels[request_id] = time.monotonic()
+            self._early_cancels.move_to_end(request_id)
+            while len(self._early_cancels) > EARLY_CANCEL_MAX:
+                self._early_cancels.popitem(last=False)
+            return False
         self.engine.cancel(request_id)
         self._wake.set()
+        return True
+
+    def _take_early_cancel(self, request_id: str) -> bool:
+        now = time.monotonic()
+        while self._early_cancels:
+            oldest, when = next(iter(self._early_cancels.items()))
+            if now - when <= EARLY_CANCEL_TTL_S:
+                break
+            self._early_cancels.pop(oldest)
+        return self._early_cancels.pop(request_id, None) is not None
 
     def close(self) -> None:
         self._stop.set()

@@ -64,3 +64,21 @@ def stream_audio(
         yield from session.finish()
     finally:
         session.close()
+
+
+def token2wav_pushes(llm_token_stream: Iterable[Iterable[int]], push_tokens: int = 5) -> Iterator[tuple[list[int], bool]]:
+    """Groups streamed LM output into pushes for a token2wav stream: ``(flow tokens, is_last)``.
+
+    A push leaves once ``push_tokens`` flow tokens are gathered (one 120 ms group by default: a round
+    trip per LM token would cost more than it saves); the last push (``is_last``) carries the rest,
+    possibly nothing, once the LM stream ends.
+    """
+    if push_tokens < 1:
+        raise ValueError(f"push_tokens must be >= 1, got {push_tokens}")
+    held: list[int] = []
+    for ids in llm_token_stream:
+        held += flow_tokens(ids)
+        if len(held) >= push_tokens:
+            yield held, False
+            held = []
+    yield held, True

@@ -114,8 +114,12 @@ def hann_fades(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Token2Wav:
+    """The flow runs where its parameters are (CPU or GPU); the vocoder and every stream cache stay on
+    the CPU: the flow's 10 U-Net passes dominate, and the source/iSTFT bookkeeping is small."""
+
     def __init__(self, flow, hift, n_timesteps: int = 10):
         self.flow, self.hift, self.n_timesteps = flow, hift, n_timesteps
+        self.device = next(flow.parameters()).device if any(True for _ in flow.parameters()) else torch.device("cpu")
         self.spf = hift.upsample_factor  # samples per mel frame (256)
         self.n_harmonics = hift.m_source.nb_harmonics + 1
 
@@ -126,10 +130,11 @@ class Token2Wav:
     def flow_mel(self, tokens: torch.Tensor, voice: PromptVoice, noise: SessionNoise) -> torch.Tensor:
         """(1, 80, mel_frames(len(tokens))) float32, starting from the session noise of each frame."""
         n_frames = voice.prompt_feat.shape[0] + self.flow.mel_frames(tokens.numel())
-        mel = self.flow.inference(tokens[None], voice.prompt_token[None], voice.prompt_feat[None],
-                                  voice.embedding[None], noise=noise.flow.get(0, n_frames),
-                                  n_timesteps=self.n_timesteps)
-        return mel.float()
+        dev = self.device
+        mel = self.flow.inference(tokens[None].to(dev), voice.prompt_token[None].to(dev),
+                                  voice.prompt_feat[None].to(dev), voice.embedding[None].to(dev),
+                                  noise=noise.flow.get(0, n_frames).to(dev), n_timesteps=self.n_timesteps)
+        return mel.float().cpu()
 
     @torch.inference_mode()
     def offline(self, tokens, voice: PromptVoice, seed: int = 0) -> np.ndarray:
@@ -289,3 +294,20 @@ class Token2WavStream:
             self.source = self.source[..., keep_from - self.source_base:]
             self.source_base = keep_from
         self.noise.sine.forget(self.source_base + self.source.shape[-1])
+
+
+def load_token2wav(decoder_dir, device: str = "cpu", n_timesteps: int = 10, onnx_dir=None,
+                   onnx_threads: int = 1) -> Token2Wav:
+    """A ``CosyVoice-300M-25Hz*`` folder as a Token2Wav: the flow on ``device``, HiFT (weight norm folded)
+    on the CPU. With ``onnx_dir`` (holding ``export_cosyvoice_onnx``'s files) the flow estimator and the
+    HiFT decoder run through ONNX Runtime on the CPU instead."""
+    from stepaudio.tts.flow import load_flow
+    from stepaudio.tts.hift import load_hift
+
+    flow = load_flow(decoder_dir, device="cpu" if onnx_dir else device)
+    hift = load_hift(decoder_dir, fold_weight_norm=True)
+    if onnx_dir:
+        from stepaudio.tts.onnx_modules import use_onnx
+
+        use_onnx(flow, hift, onnx_dir, threads=onnx_threads)
+    return Token2Wav(flow, hift, n_timesteps=n_timesteps)

@@ -39,6 +39,10 @@ class TritonPythonModel:
         sr = pb_utils.get_input_tensor_by_name(request, T.SAMPLE_RATE_HZ.name).as_numpy().reshape(-1)
         if sr.size != 1:
             raise AudioInputError(f"{T.SAMPLE_RATE_HZ.name} must hold one value, got {sr.size}")
+        prompt = _optional(request, T.TTS_PROMPT.name)
+        if prompt is not None and bool(prompt.reshape(-1)[0]):
+            result = self.tokenizer.tokenize_prompt(audio, int(sr[0]))
+            return self._response(result)
         kwargs = {}
         seg = _optional(request, T.SEGMENT_MS.name)
         if seg is not None:
@@ -46,7 +50,10 @@ class TritonPythonModel:
         norm = _optional(request, T.NORMALIZATION.name)
         if norm is not None:
             kwargs["normalization"] = norm.reshape(-1)[0].decode("utf-8")
-        result = self.tokenizer.tokenize(audio, int(sr[0]), **kwargs)
+        return self._response(self.tokenizer.tokenize(audio, int(sr[0]), **kwargs))
+
+    @staticmethod
+    def _response(result):
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor(T.AUDIO_TOKENS.name, result.audio_n.astype(np.int32)),
             pb_utils.Tensor(T.AUDIO_TOKEN_STRING.name, np.array([result.token_string.encode()], dtype=np.object_)),

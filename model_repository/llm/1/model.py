@@ -71,6 +71,14 @@ class TritonPythonModel:
             top_p=float(p["default_top_p"]), max_new_tokens=int(p["default_max_new_tokens"]),
             repetition_window=int(p["repetition_window"]))
         self.specs = T.LLM_INPUTS
+        self._gauge = None
+        try:  # open generation streams, so a client can verify that a cancel reached the engine
+            self._family = pb_utils.MetricFamily(name="llm_active_requests", description="Running generation requests",
+                                                 kind=pb_utils.MetricFamily.GAUGE)
+            self._gauge = self._family.Metric(labels={"model": args["model_name"],
+                                                      "instance": args["model_instance_name"]})
+        except Exception:
+            log.warning("custom metrics unavailable")
 
     async def execute(self, requests):
         await asyncio.gather(*(self._serve(r) for r in requests))
@@ -81,6 +89,11 @@ class TritonPythonModel:
         from stepaudio.llm.requests import parse_request
 
         sender = request.get_response_sender()
+        cancel_id = _arrays(request, (T.CANCEL_REQUEST_ID,))[T.CANCEL_REQUEST_ID.name]
+        if cancel_id is not None:  # a control request: no generation of its own
+            self.engine.cancel(cancel_id.reshape(-1)[0].decode("utf-8"))
+            sender.send(flags=FINAL)
+            return
         try:
             req = parse_request(_arrays(request, self.specs), self.mode, self.tokenizer, self.defaults)
             stream = self.engine.generate(req)
@@ -88,6 +101,7 @@ class TritonPythonModel:
         except (RequestError, SamplingError, ValueError) as exc:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
             return
+        self._count()
         detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=True) if self.mode == "chat" else None
         watcher = asyncio.create_task(self._watch_cancel(request, req.request_id))
         try:
@@ -111,6 +125,11 @@ class TritonPythonModel:
         finally:
             watcher.cancel()
             await stream.aclose()
+            self._count()
+
+    def _count(self):
+        if self._gauge is not None:
+            self._gauge.set(self.engine.active)
 
     async def _watch_cancel(self, request, request_id):
         while True:

@@ -1,17 +1,23 @@
-"""Triton adapter: text -> streamed speech. tts_lm runs behind BLS; voices and token2wav run here."""
+"""Triton adapter: text -> streamed speech, a BLS pipeline: voice (audio_tokenizer + speaker_embedding,
+cached) -> tts_lm token stream -> token2wav sequence -> audio chunks. Cancellation (by the client, or by a
+``cancel_request_id`` request) stops tts_lm and frees the token2wav stream."""
 
 import asyncio
 import logging
+import secrets
+import types
+import uuid
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from client import tensors as T
 from stepaudio.audio.preprocess import AudioInputError
-from stepaudio.serving_utils import model_parameters
+from stepaudio.serving_utils import CancelBoard, model_parameters
 
 log = logging.getLogger("tts")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+START, END = 1, 2  # sequence flags of a BLS request
 
 
 def _get(request, spec):
@@ -24,34 +30,49 @@ def _text(request, spec):
     return None if v is None else v[0].decode("utf-8")
 
 
+def _tensor(spec, value, dtype):
+    return pb_utils.Tensor(spec.name, np.asarray(value, dtype=dtype))
+
+
+def _call(model, inputs, outputs, **kw):
+    response = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs, **kw).exec()
+    if response.has_error():
+        raise AudioInputError(f"{model}: {response.error().message()}")
+    return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
+
+
 def _audio_response(wav, reason=""):
     return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor(T.AUDIO_OUT.name, np.asarray(wav, dtype=np.float32)),
-        pb_utils.Tensor(T.AUDIO_SAMPLE_RATE_HZ.name, np.array([22050], dtype=np.int32)),
-        pb_utils.Tensor(T.FINISH_REASON.name, np.array([reason.encode()], dtype=np.object_)),
-    ])
+        _tensor(T.AUDIO_OUT, wav, np.float32), _tensor(T.AUDIO_SAMPLE_RATE_HZ, [22050], np.int32),
+        pb_utils.Tensor(T.FINISH_REASON.name, np.array([reason.encode()], dtype=np.object_))])
+
+
+class _PromptTokens:  # VoicePreparer's tokenizer, served by audio_tokenizer (the reference's trim path)
+    def tokenize_prompt(self, audio, sample_rate_hz):
+        [n] = _call(T.AUDIO_TOKENIZER, [_tensor(T.AUDIO, audio, np.float32), _tensor(T.SAMPLE_RATE_HZ, [sample_rate_hz],
+                    np.int32), _tensor(T.TTS_PROMPT, [True], bool)], [T.AUDIO_TOKENS.name])
+        return types.SimpleNamespace(llm_ids=n.reshape(-1).astype(np.int64) + 65536)
+
+
+class _Embedder:  # VoicePreparer's CAM++, served by speaker_embedding
+    def embed_16k(self, audio_16k):
+        [e] = _call(T.SPEAKER_EMBEDDING, [_tensor(T.AUDIO, audio_16k[None], np.float32),
+                                          _tensor(T.SAMPLE_RATE_HZ, [[16000]], np.int32)], [T.EMBEDDING.name])
+        return e.reshape(-1)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        import torch
-
         from stepaudio.llm.text_tokenizer import TextTokenizer
-        from stepaudio.tts.flow import load_flow
-        from stepaudio.tts.hift import load_hift
-        from stepaudio.tts.token2wav import Token2Wav
-        from stepaudio.tts.voices import VoiceBank
+        from stepaudio.tts.mel import PromptMel
+        from stepaudio.tts.voices import VoiceBank, VoicePreparer
 
-        p = model_parameters(args)
-        torch.set_num_threads(int(p["torch_threads"]))
-        self.p = p
+        self.p = p = model_parameters(args)
         self.tokenizer = TextTokenizer(p["tts_dir"])
-        self.decoders = {}
-        for name in ("CosyVoice-300M-25Hz", "CosyVoice-300M-25Hz-Music"):
-            d = f"{p['tts_dir']}/{name}"
-            self.decoders[name] = Token2Wav(load_flow(d), load_hift(d, fold_weight_norm=True))
-        self.voices = VoiceBank.from_dirs(p["tokenizer_dir"], f"{p['tts_dir']}/CosyVoice-300M-25Hz",
-                                          p["speakers_dir"], cache_size=int(p["voice_cache_size"]))
+        preparer = VoicePreparer(_PromptTokens(), _Embedder(),
+                                 PromptMel.from_yaml(f"{p['tts_dir']}/CosyVoice-300M-25Hz/cosyvoice.yaml"))
+        self.voices = VoiceBank(preparer, p["speakers_dir"], cache_size=int(p["voice_cache_size"]))
+        self.cancels = CancelBoard()
 
     async def execute(self, requests):
         await asyncio.gather(*(asyncio.to_thread(self._serve, r) for r in requests))
@@ -60,61 +81,100 @@ class TritonPythonModel:
     def _voice(self, request, text):
         clone = _get(request, T.CLONE_AUDIO)
         if clone is not None:
-            sr = _get(request, T.CLONE_SAMPLE_RATE_HZ)
-            transcript = _text(request, T.CLONE_TEXT)
+            sr, transcript = _get(request, T.CLONE_SAMPLE_RATE_HZ), _text(request, T.CLONE_TEXT)
             if sr is None or transcript is None:
                 raise AudioInputError("clone_audio needs clone_sample_rate_hz and clone_text (its exact transcript)")
             return self.voices.clone(clone, int(sr[0]), transcript)
         return self.voices.builtin(_text(request, T.TTS_SPEAKER) or self.p["default_speaker"], text)
 
-    def _lm_tokens(self, request, prompt_ids):
-        """Yields batches of LLM ids streamed by tts_lm."""
-        inputs = [pb_utils.Tensor(T.PROMPT_IDS.name, np.asarray(prompt_ids, dtype=np.int32))]
+    def _lm_tokens(self, request, prompt_ids, lm_id, stop):
+        """Yields the batches of ids tts_lm streams; once ``stop`` is set, cancels it and drains the rest."""
+        inputs = [_tensor(T.PROMPT_IDS, prompt_ids, np.int32), pb_utils.Tensor(T.REQUEST_ID.name, np.array(
+            [lm_id.encode()], dtype=np.object_))]
         for spec, dtype in ((T.SEED, np.int64), (T.MAX_NEW_TOKENS, np.int32), (T.TEMPERATURE, np.float32)):
-            v = _get(request, spec)
-            if v is not None:
-                inputs.append(pb_utils.Tensor(spec.name, v.astype(dtype)))
-        lm = pb_utils.InferenceRequest(model_name=T.TTS_LM, inputs=inputs,
-                                       requested_output_names=[T.TOKEN_IDS.name])
+            if (v := _get(request, spec)) is not None:
+                inputs.append(_tensor(spec, v, dtype))
+        lm = pb_utils.InferenceRequest(model_name=T.TTS_LM, inputs=inputs, requested_output_names=[T.TOKEN_IDS.name])
+        cancelled = False
         for response in lm.exec(decoupled=True):
             if response.has_error():
                 raise RuntimeError(f"tts_lm: {response.error().message()}")
+            if (request.is_cancelled() or stop.is_set()) and not cancelled:
+                stop.set()
+                cancelled = True
+                cancel = pb_utils.Tensor(T.CANCEL_REQUEST_ID.name, np.array([lm_id.encode()], dtype=np.object_))
+                for _ in pb_utils.InferenceRequest(model_name=T.TTS_LM, inputs=[cancel],
+                                                   requested_output_names=[]).exec(decoupled=True):
+                    pass
             out = pb_utils.get_output_tensor_by_name(response, T.TOKEN_IDS.name)
-            if out is not None:  # the last, empty response only closes the stream
+            if out is not None and not cancelled:  # the last, empty response only closes the stream
                 yield out.as_numpy().tolist()
-            if request.is_cancelled():
-                return
+
+    def _push(self, corrid, tokens, flags, voice=None, decoder=None, seed=0, cancel=False):
+        inputs = [_tensor(T.FLOW_TOKENS, [tokens], np.int32)]
+        if voice is not None:
+            inputs += [pb_utils.Tensor(T.DECODER.name, np.array([[decoder.encode()]], dtype=np.object_)),
+                       _tensor(T.PROMPT_FLOW_TOKENS, [voice.prompt_flow_tokens], np.int32),
+                       _tensor(T.PROMPT_MEL, [voice.prompt_mel.reshape(-1)], np.float32),
+                       _tensor(T.PROMPT_EMBEDDING, [voice.speaker_embedding], np.float32), _tensor(T.T2W_SEED, [[seed]],
+                                                                                                  np.int64)]
+        if cancel:
+            inputs.append(_tensor(T.STREAM_CANCEL, [[True]], bool))
+        [wav] = _call(T.TOKEN2WAV, inputs, [T.T2W_AUDIO.name], correlation_id=corrid, flags=flags)
+        return wav.reshape(-1)
 
     def _serve(self, request):
-        from stepaudio.tts.pipeline import TtsInputError, plan, stream_audio
+        from stepaudio.tts.pipeline import TtsInputError, plan, token2wav_pushes
 
         sender = request.get_response_sender()
+        if (target := _text(request, T.CANCEL_REQUEST_ID)) is not None:  # a control request
+            self.cancels.cancel(target)
+            sender.send(flags=FINAL)
+            return
+        rid = _text(request, T.REQUEST_ID) or uuid.uuid4().hex
+        try:
+            stop = self.cancels.register(rid)
+        except ValueError as exc:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+            return
+        corrid, opened = secrets.randbits(63) or 1, False
         try:
             text = _text(request, T.TTS_TEXT) or ""
             job = plan(self.tokenizer, text, self._voice(request, text))
             stream = _get(request, T.TTS_STREAM)
-            streaming = True if stream is None else bool(stream[0])
             seed = _get(request, T.SEED)
-            chunks = stream_audio(self.decoders[job.prompt.decoder], job.voice,
-                                  self._lm_tokens(request, job.prompt.ids), seed=0 if seed is None else int(seed[0]))
             held = []
-            for wav in chunks:
-                if request.is_cancelled():
-                    chunks.close()
-                    sender.send(flags=FINAL)
+            lm = self._lm_tokens(request, job.prompt.ids, f"{rid}/tts_lm", stop)
+            for tokens, last in token2wav_pushes(lm, int(self.p["push_tokens"])):
+                if stop.is_set():
+                    break
+                wav = self._push(corrid, tokens, (0 if opened else START) | (END if last else 0),
+                                 None if opened else job.voice, job.prompt.decoder, 0 if seed is None else int(seed[0]))
+                opened = not last
+                if last:
+                    tail = np.concatenate([*held, wav]) if held or wav.size else np.zeros(0, np.float32)
+                    sender.send(_audio_response(tail, "stop"), flags=FINAL)
                     return
-                if streaming:
+                if stream is not None and not bool(stream[0]):
+                    held.append(wav)  # offline: one response at the end
+                elif wav.size:
                     sender.send(_audio_response(wav))
-                else:
-                    held.append(wav)
-            tail = np.concatenate(held) if held else np.zeros(0, np.float32)
-            sender.send(_audio_response(tail, "stop"), flags=FINAL)
+            if request.is_cancelled():
+                sender.send(flags=FINAL)
+            else:
+                sender.send(_audio_response(np.zeros(0, np.float32), "cancelled"), flags=FINAL)
         except (AudioInputError, TtsInputError, KeyError, ValueError) as exc:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
         except Exception as exc:  # one failing request never takes the instance down
             log.exception("tts failed")
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"internal error: {exc}")),
-                        flags=FINAL)
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"internal error: {exc}")), flags=FINAL)
+        finally:
+            self.cancels.release(rid)
+            if opened:  # stopped or failed mid-stream: free its token2wav state now, not at the idle timeout
+                try:
+                    self._push(corrid, [], END, cancel=True)
+                except Exception:
+                    log.warning("token2wav stream %d: cancel failed", corrid)
 
     def finalize(self):
         self.voices = None
