@@ -97,6 +97,22 @@ def _tts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _asr(args: argparse.Namespace) -> int:
+    from client.asr import transcribe
+
+    audio, sr = read_wav(args.wav)
+    client = grpcclient.InferenceServerClient(args.url)
+    try:
+        text = transcribe(client, audio, sr)
+    except InferenceServerException as exc:
+        print(f"error: {exc.message()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     tts.add_argument("--clone-text", default=None, help="exact transcript of the prompt WAV")
     tts.add_argument("--seed", type=int, default=None)
     tts.add_argument("--max-new-tokens", type=int, default=None)
+    asr = sub.add_parser("asr", help="print the transcript of a WAV file (the asr model)")
+    asr.add_argument("wav")
+    asr.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT")
     args = parser.parse_args(argv)
-    return {"tokenize": _tokenize, "chat": _chat, "tts": _tts}[args.command](args)
+    return {"tokenize": _tokenize, "chat": _chat, "tts": _tts, "asr": _asr}[args.command](args)
 
 
 if __name__ == "__main__":

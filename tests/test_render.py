@@ -16,7 +16,7 @@ def ckpt(tmp_path):
 def test_rendered_repository_has_no_placeholders_and_all_values(ckpt, tmp_path):
     cfg = load_config("cpu", ckpt, ["audio_tokenizer_stream.segment_ms=1200", "audio_tokenizer.instances=2"])
     report = build_repository(cfg, tmp_path / "repo")
-    assert report.models == ["audio_tokenizer", "audio_tokenizer_stream"]
+    assert report.models == ["audio_tokenizer", "audio_tokenizer_stream", "asr"]
     assert set(report.missing_checkpoints) == {"Step-Audio-Chat", "Step-Audio-TTS-3B"}
     for model in report.models:
         text = (tmp_path / "repo" / model / "config.pbtxt").read_text()
@@ -29,6 +29,9 @@ def test_rendered_repository_has_no_placeholders_and_all_values(ckpt, tmp_path):
     offline = (tmp_path / "repo" / "audio_tokenizer" / "config.pbtxt").read_text()
     assert "count: 2 kind: KIND_CPU" in offline
     assert str(ckpt / "Step-Audio-Tokenizer") in offline
+    asr = (tmp_path / "repo" / "asr" / "config.pbtxt").read_text()
+    assert "dynamic_batching" in asr and "max_batch_size: 8" in asr and "allow_ragged_batch: true" in asr
+    assert re.search(r'name: "text" data_type: TYPE_STRING dims: \[ 1 \]', asr)
 
 
 def test_every_parameter_a_model_reads_is_rendered(ckpt, tmp_path):
@@ -45,6 +48,8 @@ def test_gpu_preset(ckpt, tmp_path):
     build_repository(load_config("gpu", ckpt), tmp_path / "repo")
     text = (tmp_path / "repo" / "audio_tokenizer_stream" / "config.pbtxt").read_text()
     assert "KIND_GPU" in text and "CUDAExecutionProvider" in text
+    asr = (tmp_path / "repo" / "asr" / "config.pbtxt").read_text()
+    assert "KIND_GPU" in asr and 'key: "device" value { string_value: "cuda" }' in asr
 
 
 def test_rebuild_replaces_stale_output(ckpt, tmp_path):

@@ -87,45 +87,76 @@ class LinguisticState:
     strides_done: int = 0
 
 
+@dataclass(frozen=True)
+class ParaformerModel:
+    """FunASR's ParaformerStreaming (encoder, CIF predictor, decoder) as loaded from a tokenizer
+    folder, with what its users need to run it. One object can serve the linguistic encoder and
+    the recogniser in one process (``stepaudio.asr``)."""
+
+    files: TokenizerFiles
+    model: torch.nn.Module  # eval mode, on ``device``
+    device: torch.device
+    encoder_conf: dict
+    frontend_name: str  # config.yaml's ``frontend`` (the streaming one for this model)
+    frontend_conf: dict  # dither forced to 0.0; the CMVN file is files.cmvn_file
+    vocab: list[str]  # tokens.json: id -> token
+
+
+def load_paraformer(files: TokenizerFiles, device: str = "cpu") -> ParaformerModel:
+    """Build ParaformerStreaming from config.yaml and load model.pt (every parameter must be there)."""
+    tables = _load_funasr()
+    conf = _read_yaml(files.config_yaml)
+    frontend_conf = dict(conf["frontend_conf"])
+    # Dither adds random noise to fbank; tokens must be reproducible, so it is always off.
+    frontend_conf["dither"] = 0.0
+    frontend_conf.pop("cmvn_file", None)
+    vocab = _read_vocab(files)
+    model_cls = tables.model_classes[conf["model"]]
+    kwargs = {k: conf[k] for k in ("encoder", "encoder_conf", "decoder", "decoder_conf", "predictor",
+                                   "predictor_conf") if k in conf}
+    input_size = frontend_conf.get("n_mels", 80) * frontend_conf.get("lfr_m", 1)
+    try:
+        model = model_cls(**conf.get("model_conf", {}), **kwargs, vocab_size=len(vocab),
+                          input_size=input_size, frontend=None)
+    except Exception as exc:
+        raise CheckpointError(f"{files.config_yaml}: cannot build ParaformerStreaming ({exc})") from exc
+    state = _load_state_dict(files.model_pt)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches between config and weights
+        raise CheckpointError(f"{files.model_pt}: weights do not fit {files.config_yaml.name} ({exc})") from exc
+    if result.missing_keys:
+        raise CheckpointError(
+            f"{files.model_pt}: {len(result.missing_keys)} parameters missing for the config "
+            f"in {files.config_yaml.name}, e.g. {result.missing_keys[:3]}"
+        )
+    if result.unexpected_keys:
+        log.warning("%s: ignoring %d unexpected keys", files.model_pt, len(result.unexpected_keys))
+    dev = torch.device(device)
+    return ParaformerModel(
+        files=files,
+        model=model.eval().to(dev),
+        device=dev,
+        encoder_conf=conf["encoder_conf"],
+        frontend_name=conf.get("frontend", "WavFrontendOnline"),
+        frontend_conf=frontend_conf,
+        vocab=vocab,
+    )
+
+
 class ParaformerLinguisticEncoder:
     """The Paraformer encoder (final output after ``after_norm``) and the vq02 k-means table."""
 
-    def __init__(self, files: TokenizerFiles, device: str = "cpu"):
+    def __init__(self, files: TokenizerFiles, device: str = "cpu", paraformer: ParaformerModel | None = None):
+        self.paraformer = paraformer or load_paraformer(files, device)
         tables = _load_funasr()
-        conf = _read_yaml(files.config_yaml)
-        self.device = torch.device(device)
-        frontend_conf = dict(conf["frontend_conf"])
-        # Dither adds random noise to fbank; tokens must be reproducible, so it is always off.
-        frontend_conf["dither"] = 0.0
-        frontend_conf.pop("cmvn_file", None)
-        self.frontend = tables.frontend_classes[conf.get("frontend", "WavFrontendOnline")](
-            cmvn_file=str(files.cmvn_file), **frontend_conf
+        self.frontend = tables.frontend_classes[self.paraformer.frontend_name](
+            cmvn_file=str(files.cmvn_file), **self.paraformer.frontend_conf
         )
-        vocab = _read_vocab(files)
-        model_cls = tables.model_classes[conf["model"]]
-        kwargs = {k: conf[k] for k in ("encoder", "encoder_conf", "decoder", "decoder_conf", "predictor",
-                                       "predictor_conf") if k in conf}
-        input_size = frontend_conf.get("n_mels", 80) * frontend_conf.get("lfr_m", 1)
-        try:
-            model = model_cls(**conf.get("model_conf", {}), **kwargs, vocab_size=len(vocab),
-                              input_size=input_size, frontend=None)
-        except Exception as exc:
-            raise CheckpointError(f"{files.config_yaml}: cannot build ParaformerStreaming ({exc})") from exc
-        state = _load_state_dict(files.model_pt)
-        try:
-            result = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches between config and weights
-            raise CheckpointError(f"{files.model_pt}: weights do not fit {files.config_yaml.name} ({exc})") from exc
-        if result.missing_keys:
-            raise CheckpointError(
-                f"{files.model_pt}: {len(result.missing_keys)} parameters missing for the config "
-                f"in {files.config_yaml.name}, e.g. {result.missing_keys[:3]}"
-            )
-        if result.unexpected_keys:
-            log.warning("%s: ignoring %d unexpected keys", files.model_pt, len(result.unexpected_keys))
-        self.model = model.eval().to(self.device)
-        self.encoder_conf = conf["encoder_conf"]
-        self.frontend_conf = frontend_conf
+        self.model = self.paraformer.model
+        self.device = self.paraformer.device
+        self.encoder_conf = self.paraformer.encoder_conf
+        self.frontend_conf = self.paraformer.frontend_conf
         self.output_size = int(self.encoder_conf["output_size"])
         self.centroids = self._load_centroids(files.kmeans_npy)
 
