@@ -1,0 +1,94 @@
+"""Where the streamed reply text is cut into clauses for TTS: a pure policy.
+
+The first clause is kept short (the first audio waits for it); later ones may be longer, because the
+TTS of one clause runs while the previous clause plays, and longer inputs give better prosody.
+A clause ends after clause punctuation (Chinese and Latin) once it has ``min_chars``; without
+punctuation it is cut at ``max_chars``, at the last space or markup boundary (``<...>``, which the
+chat model's special pieces look like) so that no word or piece is split when avoidable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# Clause-ending punctuation; a run of it ("?!", "……", '."') stays with the clause it ends.
+_ENDERS = "。！？；：，、,.!?;:…\n"
+_CLOSERS = "\"'”’）)」』】》"
+_MARKUP = re.compile(r"<[^<>\s]{1,40}>")
+
+
+@dataclass(frozen=True)
+class ClausePolicy:
+    first_min_chars: int = 4
+    first_max_chars: int = 40
+    min_chars: int = 12
+    max_chars: int = 120
+
+
+def _safe_cut(text: str, limit: int) -> int:
+    """A cut position <= limit that splits no markup piece and, if possible, no word."""
+    cut = limit
+    for m in _MARKUP.finditer(text):
+        if m.start() < cut < m.end():
+            cut = m.start() if m.start() > 0 else m.end()
+            break
+    space = text.rfind(" ", 0, cut)
+    markup_end = max((m.end() for m in _MARKUP.finditer(text, 0, cut) if m.end() <= cut), default=-1)
+    boundary = max(space + 1 if space > 0 else -1, markup_end)
+    return boundary if boundary > limit // 2 else cut
+
+
+def _punct_cut(text: str, min_chars: int) -> int | None:
+    """The end of the first punctuation run at or after min_chars, if it is complete."""
+    i = min_chars - 1 if min_chars > 0 else 0
+    while i < len(text):
+        if text[i] in _ENDERS:
+            j = i + 1
+            while j < len(text) and (text[j] in _ENDERS or text[j] in _CLOSERS):
+                j += 1
+            if j == len(text):
+                return None  # more of the run may still come
+            return j
+        i += 1
+    return None
+
+
+@dataclass
+class ClauseSegmenter:
+    """Feed text deltas, take complete clauses; ``finish`` returns what is left."""
+
+    policy: ClausePolicy = field(default_factory=ClausePolicy)
+    _pending: str = ""
+    _carry: str = ""  # whitespace-only pieces, prepended to the next clause so no text is lost
+    _emitted: int = 0
+
+    def _limits(self) -> tuple[int, int]:
+        p = self.policy
+        return (p.first_min_chars, p.first_max_chars) if self._emitted == 0 else (p.min_chars, p.max_chars)
+
+    def feed(self, delta: str) -> list[str]:
+        self._pending += delta
+        out = []
+        while True:
+            lo, hi = self._limits()
+            cut = _punct_cut(self._pending, lo)
+            if cut is None or cut > hi:
+                if len(self._pending) <= hi:
+                    break
+                cut = _safe_cut(self._pending, hi)
+            clause, self._pending = self._carry + self._pending[:cut], self._pending[cut:]
+            if clause.strip():
+                out.append(clause)
+                self._carry = ""
+                self._emitted += 1
+            else:
+                self._carry = clause
+        return out
+
+    def finish(self) -> list[str]:
+        rest, self._pending, self._carry = self._carry + self._pending, "", ""
+        if rest.strip():
+            self._emitted += 1
+            return [rest]
+        return []

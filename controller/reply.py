@@ -1,0 +1,185 @@
+"""One assistant reply: chat LLM text -> clauses -> TTS audio, queued in playing order.
+
+A reply runs in its own task and puts its outputs on ``outputs``; whoever forwards them to the client
+reads that queue. A speculative reply runs the same way before anyone reads it: its chat request, and
+optionally the TTS of its first clause, go ahead; the rest waits for ``commit()``. ``cancel()`` stops
+the task, and with it the Triton requests (leaving their streams cancels them in the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from controller.backend import Backend, BackendError, ChatParams, TtsParams
+from controller.clauses import ClausePolicy, ClauseSegmenter
+from controller.events import new_id
+
+log = logging.getLogger("controller.reply")
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    messages: list[dict[str, Any]]
+    chat: ChatParams
+    tts: TtsParams
+    audio: bool  # speak the reply (else text only)
+
+    def key(self) -> str:
+        """Equal keys: the same request to the models (a speculation made for it can be used)."""
+        return json.dumps([self.messages, self.chat.__dict__, self.tts.__dict__, self.audio], sort_keys=True,
+                          ensure_ascii=False)
+
+
+# -- outputs, in order -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextOut:
+    text: str
+
+
+@dataclass(frozen=True)
+class AudioOut:
+    audio: np.ndarray  # (T,) float32
+    rate_hz: int
+
+
+@dataclass(frozen=True)
+class ClauseEnd:
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplyEnd:
+    finish_reason: str  # stop | length | error
+    usage: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+Output = TextOut | AudioOut | ClauseEnd | ReplyEnd
+
+
+class Reply:
+    def __init__(self, backend: Backend, request: ReplyRequest, *, speculative: bool = False,
+                 speculate_tts: bool = True, clause_policy: ClausePolicy | None = None):
+        self.backend = backend
+        self.request = request
+        self.key = request.key()
+        self.id = new_id("reply")
+        self.speculative = speculative
+        self.speculate_tts = speculate_tts
+        self.clause_policy = clause_policy or ClausePolicy()
+        self.outputs: asyncio.Queue[Output] = asyncio.Queue()
+        self._committed = asyncio.Event()
+        if not speculative:
+            self._committed.set()
+        self.t_start = time.perf_counter()
+        self.t_first_text: float | None = None  # seconds after start
+        self.t_first_audio: float | None = None
+        self.finished = False
+        self.error: str | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> Reply:
+        self._task = asyncio.create_task(self._run(), name=self.id)
+        return self
+
+    def commit(self) -> None:
+        self._committed.set()
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- the work ----------------------------------------------------------------------------------
+    def _request_id(self, part: str) -> str:
+        return f"{self.id}-{part}"
+
+    async def _run(self) -> None:
+        usage: dict[str, int] = {}
+        try:
+            if self.request.audio:
+                reason = await self._speak(usage)
+            else:
+                reason = await self._chat_text(usage)
+            self.outputs.put_nowait(ReplyEnd(reason, usage))
+        except BackendError as exc:
+            self.error = str(exc)
+            self.outputs.put_nowait(ReplyEnd("error", usage, str(exc)))
+        finally:
+            self.finished = True
+
+    def _note_chat(self, delta, usage: dict[str, int]) -> None:
+        if self.t_first_text is None and delta.text:
+            self.t_first_text = time.perf_counter() - self.t_start
+        if delta.finish_reason:
+            usage.update(input_tokens=delta.prompt_tokens, output_tokens=delta.completion_tokens,
+                         cached_tokens=delta.cached_prompt_tokens)
+
+    async def _chat_text(self, usage: dict[str, int]) -> str:
+        reason = "stop"
+        stream = self.backend.chat(self.request.messages, self.request.chat, self._request_id("chat"))
+        async with contextlib.aclosing(stream):
+            async for d in stream:
+                self._note_chat(d, usage)
+                if d.text:
+                    self.outputs.put_nowait(TextOut(d.text))
+                reason = d.finish_reason or reason
+        return reason
+
+    async def _chat_clauses(self, clauses: asyncio.Queue, usage: dict[str, int], result: dict) -> None:
+        seg = ClauseSegmenter(self.clause_policy)
+        try:
+            stream = self.backend.chat(self.request.messages, self.request.chat, self._request_id("chat"))
+            async with contextlib.aclosing(stream):
+                async for d in stream:
+                    self._note_chat(d, usage)
+                    for c in seg.feed(d.text):
+                        clauses.put_nowait(c)
+                    if d.finish_reason:
+                        result["reason"] = d.finish_reason
+            for c in seg.finish():
+                clauses.put_nowait(c)
+        except BackendError as exc:
+            result["error"] = exc
+        finally:
+            clauses.put_nowait(None)
+
+    async def _speak(self, usage: dict[str, int]) -> str:
+        clauses: asyncio.Queue[str | None] = asyncio.Queue()
+        result: dict[str, Any] = {"reason": "stop"}
+        chat = asyncio.create_task(self._chat_clauses(clauses, usage, result))
+        try:
+            n = 0
+            while (clause := await clauses.get()) is not None:
+                # a speculation may run its first clause's TTS; the rest waits for the commit
+                if n > 0 or not self.speculate_tts:
+                    await self._committed.wait()
+                self.outputs.put_nowait(TextOut(clause))
+                log.debug("%s: tts of clause %d (%d chars)", self.id, n, len(clause))
+                stream = self.backend.tts(clause, self.request.tts, self._request_id(f"tts{n}"))
+                async with contextlib.aclosing(stream):
+                    async for chunk in stream:
+                        if len(chunk.audio):
+                            if self.t_first_audio is None:
+                                self.t_first_audio = time.perf_counter() - self.t_start
+                            self.outputs.put_nowait(AudioOut(chunk.audio, chunk.sample_rate_hz))
+                self.outputs.put_nowait(ClauseEnd(clause))
+                n += 1
+            await chat
+            if "error" in result:
+                raise result["error"]
+            return result["reason"]
+        finally:
+            if not chat.done():
+                chat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chat

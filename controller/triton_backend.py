@@ -1,0 +1,278 @@
+"""The controller's Backend over tritonclient's gRPC asyncio client.
+
+Models used: ``audio_tokenizer_stream`` (one sequence per run of user speech), ``chat_llm`` (decoupled,
+``messages_json``), ``tts`` (decoupled) and, when the server has it, ``asr``. What a model accepts is
+read from its config at start, so the controller works with servers that do or do not have the
+explicit cancel input (``cancel_request_id``) and the ``asr`` model: without the cancel input,
+cancelling the gRPC call is what stops a request (the model sees ``is_cancelled()``); with it, a
+cancel request by id follows too, which also reaches work a model runs behind BLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from client import tensors as T
+from client.aio import decoupled_responses
+from client.chat import build_inputs
+from client.tokenize import new_stream_id
+from client.tts import tts_inputs
+from controller.backend import BackendError, ChatDelta, ChatParams, TtsChunk, TtsParams
+
+log = logging.getLogger("controller.triton")
+
+TOKENIZER_RATE_HZ = 16000
+# The asr model's names, until client/tensors.py defines them (then those are used).
+ASR_MODEL = getattr(T, "ASR", "asr")
+ASR_TEXT = "text"
+CANCEL_INPUT = "cancel_request_id"
+REQUIRED_MODELS = (T.AUDIO_TOKENIZER_STREAM, T.CHAT_LLM, T.TTS)
+CANCEL_TIMEOUT_S = 5.0
+
+
+def _inp(name: str, dtype: str, value: np.ndarray) -> grpcclient.InferInput:
+    i = grpcclient.InferInput(name, list(value.shape), dtype)
+    i.set_data_from_numpy(value)
+    return i
+
+
+def _str_input(name: str, value: str) -> grpcclient.InferInput:
+    return _inp(name, "BYTES", np.array([value.encode()], dtype=np.object_))
+
+
+class TritonTokenizerStream:
+    """Chunks go to ``audio_tokenizer_stream`` in order, one request at a time; what arrives while a
+    request is in flight is sent together in the next one (fewer, larger requests under load)."""
+
+    def __init__(self, backend: TritonBackend):
+        self._backend = backend
+        self.stream_id = new_stream_id()
+        self._pending: list[np.ndarray] = []
+        self._wake = asyncio.Event()
+        self._ending = False
+        self._cancelled = False
+        self._started = False
+        self._closed = False
+        self._tokens: list[int] = []
+        self._error: BaseException | None = None
+        backend._stream_opened()
+        self._task = asyncio.create_task(self._run(), name=f"tokenizer-{self.stream_id}")
+
+    def push(self, audio_16k: np.ndarray) -> None:
+        if not (self._ending or self._cancelled) and len(audio_16k):
+            self._pending.append(np.asarray(audio_16k, dtype=np.float32))
+            self._wake.set()
+
+    async def finish(self) -> list[int]:
+        self._ending = True
+        self._wake.set()
+        await asyncio.shield(self._task)
+        if self._error is not None:
+            raise BackendError(f"audio tokenizer: {self._error}")
+        return list(self._tokens)
+
+    async def cancel(self) -> None:
+        if not self._ending:
+            self._cancelled = True
+            self._wake.set()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._task)
+
+    async def _send(self, chunk: np.ndarray, end: bool, cancel: bool = False) -> None:
+        inputs = [_inp(T.STREAM_AUDIO.name, "FP32", chunk.reshape(1, -1)),
+                  _inp(T.STREAM_SAMPLE_RATE_HZ.name, "INT32", np.array([[TOKENIZER_RATE_HZ]], np.int32))]
+        if cancel:
+            inputs.append(_inp(T.STREAM_CANCEL.name, "BOOL", np.array([[True]], np.bool_)))
+        res = await self._backend.client.infer(T.AUDIO_TOKENIZER_STREAM, inputs, sequence_id=self.stream_id,
+                                               sequence_start=not self._started, sequence_end=end)
+        self._started = True
+        if end:
+            self._closed = True
+        if not cancel:
+            self._tokens.extend(int(t) for t in res.as_numpy(T.AUDIO_TOKENS.name).reshape(-1))
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._cancelled:
+                    if self._started:
+                        await self._send(np.zeros(0, np.float32), end=True, cancel=True)
+                    return
+                chunk = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+                self._pending.clear()
+                end = self._ending
+                if end and not self._started and not len(chunk):
+                    return  # nothing was ever sent: no sequence to close
+                if len(chunk) or end:
+                    await self._send(chunk, end)
+                if end:
+                    return
+                if self._pending or self._ending or self._cancelled:
+                    self._wake.set()
+        except asyncio.CancelledError:
+            self._error = RuntimeError("cancelled")
+            raise
+        except Exception as exc:  # the server refused a chunk: the stream is over for this run
+            self._error = exc
+            if self._started and not self._closed:
+                with contextlib.suppress(Exception):
+                    await self._send(np.zeros(0, np.float32), end=True, cancel=True)
+        finally:
+            self._backend._stream_closed()
+
+
+class TritonBackend:
+    def __init__(self, url: str, request_timeout_s: float = 300.0):
+        self.url = url
+        self.client = grpcaio.InferenceServerClient(url)
+        self.request_timeout_s = request_timeout_s
+        self._open = 0
+        self._inputs: dict[str, set[str]] = {}
+        self._models: set[str] = set()
+
+    # -- discovery ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Reads which models the server has and which inputs they take."""
+        index = await self.client.get_model_repository_index(as_json=True)
+        self._models = {m["name"] for m in index.get("models", []) if m.get("state", "READY") == "READY"}
+        for model in (T.CHAT_LLM, T.TTS, ASR_MODEL):
+            if model in self._models:
+                cfg = (await self.client.get_model_config(model, as_json=True))["config"]
+                self._inputs[model] = {i["name"] for i in cfg.get("input", [])}
+        missing = [m for m in REQUIRED_MODELS if m not in self._models]
+        if missing:
+            log.warning("Triton at %s has no %s: conversations will fail", self.url, ", ".join(missing))
+        if not self.has_asr:
+            log.warning("Triton at %s has no %r model: history keeps user turns as audio tokens", self.url,
+                        ASR_MODEL)
+        for model in (T.CHAT_LLM, T.TTS):
+            if CANCEL_INPUT not in self._inputs.get(model, set()):
+                log.info("%s has no %s input: cancelling by closing the gRPC stream only", model, CANCEL_INPUT)
+
+    @property
+    def has_asr(self) -> bool:
+        return ASR_MODEL in self._models
+
+    def accepts(self, model: str, input_name: str) -> bool:
+        return input_name in self._inputs.get(model, set())
+
+    async def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"triton": self.url}
+        try:
+            out["live"] = await self.client.is_server_live()
+            out["ready"] = await self.client.is_server_ready()
+            out["models"] = {m: await self.client.is_model_ready(m) for m in (*REQUIRED_MODELS, ASR_MODEL)}
+        except InferenceServerException as exc:
+            out.update(live=False, ready=False, error=exc.message())
+        out["ok"] = bool(out.get("ready")) and all(out.get("models", {}).get(m) for m in REQUIRED_MODELS)
+        return out
+
+    # -- accounting --------------------------------------------------------------------------------
+    def _stream_opened(self) -> None:
+        self._open += 1
+
+    def _stream_closed(self) -> None:
+        self._open -= 1
+
+    def open_streams(self) -> int:
+        return self._open
+
+    # -- streams -----------------------------------------------------------------------------------
+    def open_tokenizer_stream(self) -> TritonTokenizerStream:
+        return TritonTokenizerStream(self)
+
+    async def _decoupled(self, model: str, inputs: list, request_id: str) -> AsyncIterator[grpcclient.InferResult]:
+        self._stream_opened()
+        finished = False
+        try:
+            async for result in decoupled_responses(self.client, model, inputs, request_id, self.request_timeout_s):
+                yield result
+            finished = True
+        except InferenceServerException as exc:
+            finished = True
+            raise BackendError(f"{model}: {exc.message()}") from exc
+        finally:
+            self._stream_closed()
+            if not finished and self.accepts(model, CANCEL_INPUT):
+                # the gRPC cancel above stops the model; this also stops what it runs behind BLS
+                asyncio.get_running_loop().create_task(self.cancel_by_id(model, request_id))
+
+    async def chat(self, messages: list[dict[str, Any]], params: ChatParams,
+                   request_id: str) -> AsyncIterator[ChatDelta]:
+        inputs = build_inputs(messages=messages, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                              top_k=params.top_k, top_p=params.top_p, seed=params.seed, request_id=request_id)
+        async for r in self._decoupled(T.CHAT_LLM, inputs, request_id):
+            yield ChatDelta(
+                text=r.as_numpy(T.TEXT_DELTA.name).reshape(-1)[0].decode("utf-8"),
+                token_count=int(r.as_numpy(T.TOKEN_IDS.name).size),
+                finish_reason=r.as_numpy(T.FINISH_REASON.name).reshape(-1)[0].decode(),
+                prompt_tokens=int(r.as_numpy(T.PROMPT_TOKENS.name).reshape(-1)[0]),
+                completion_tokens=int(r.as_numpy(T.COMPLETION_TOKENS.name).reshape(-1)[0]),
+                cached_prompt_tokens=int(r.as_numpy(T.CACHED_PROMPT_TOKENS.name).reshape(-1)[0]),
+            )
+
+    async def tts(self, text: str, params: TtsParams, request_id: str) -> AsyncIterator[TtsChunk]:
+        inputs = tts_inputs(text, speaker=params.speaker, stream=True, seed=params.seed,
+                            max_new_tokens=params.max_new_tokens)
+        if self.accepts(T.TTS, T.REQUEST_ID.name):
+            inputs.append(_str_input(T.REQUEST_ID.name, request_id))
+        async for r in self._decoupled(T.TTS, inputs, request_id):
+            yield TtsChunk(audio=r.as_numpy(T.AUDIO_OUT.name).reshape(-1).astype(np.float32),
+                           sample_rate_hz=int(r.as_numpy(T.AUDIO_SAMPLE_RATE_HZ.name).reshape(-1)[0]),
+                           finish_reason=r.as_numpy(T.FINISH_REASON.name).reshape(-1)[0].decode())
+
+    async def cancel_by_id(self, model: str, request_id: str) -> None:
+        """A request carrying only ``cancel_request_id``; the model answers with one final response. Sent
+        with the threaded client, the one that can ask for the empty final response that ends it."""
+        def send() -> None:
+            import queue
+
+            c = grpcclient.InferenceServerClient(self.url)
+            q: queue.Queue = queue.Queue()
+            c.start_stream(callback=lambda result, error: q.put((result, error)))
+            try:
+                c.async_stream_infer(model, [_str_input(CANCEL_INPUT, request_id)], enable_empty_final_response=True)
+                while True:
+                    result, error = q.get(timeout=CANCEL_TIMEOUT_S)
+                    if error is not None or result.get_response().parameters["triton_final_response"].bool_param:
+                        return
+            finally:
+                c.stop_stream()
+                c.close()
+
+        try:
+            await asyncio.to_thread(send)
+        except Exception as exc:  # best effort: the gRPC cancel has already been sent
+            log.warning("cancel of %s %s failed: %s", model, request_id, exc)
+
+    async def asr(self, audio_16k: np.ndarray) -> str:
+        if not self.has_asr:
+            raise BackendError(f"the server has no {ASR_MODEL!r} model")
+        specs = {s.name: s for s in getattr(T, "ASR_INPUTS", ())}
+        audio_dtype = specs["audio"].client_dtype if "audio" in specs else "FP32"
+        rate_dtype = specs["sample_rate_hz"].client_dtype if "sample_rate_hz" in specs else "INT32"
+        inputs = [_inp("audio", audio_dtype, np.ascontiguousarray(audio_16k, dtype=np.float32)),
+                  _inp("sample_rate_hz", rate_dtype, np.array([TOKENIZER_RATE_HZ], dtype=np.int32))]
+        self._stream_opened()
+        try:
+            res = await self.client.infer(ASR_MODEL, inputs, client_timeout=self.request_timeout_s)
+        except InferenceServerException as exc:
+            raise BackendError(f"{ASR_MODEL}: {exc.message()}") from exc
+        finally:
+            self._stream_closed()
+        text = res.as_numpy(ASR_TEXT).reshape(-1)[0]
+        return text.decode("utf-8") if isinstance(text, bytes) else str(text)
+
+    async def close(self) -> None:
+        await self.client.close()
