@@ -1,6 +1,7 @@
 # Thin recipes: each target calls one script or Python entry point.
 # Variables passed through to `serve` and `demo` (from the environment or `make serve VAR=...`):
-#   CHECKPOINTS, TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT
+#   CHECKPOINTS, TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT,
+#   CONTROLLER_PORT (the real-time controller `serve` starts next to Triton; default 8765, `off` disables it)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -80,7 +80,14 @@ def _serve(args: argparse.Namespace) -> int:
     server.start()
     print(f"[serve] ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}/metrics",
           flush=True)
-    return server.wait()
+    from export.controller_sidecar import start_sidecar
+
+    sidecar = start_sidecar(server.grpc_url)  # CONTROLLER_PORT=off: Triton alone
+    try:
+        return server.wait()
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
 
 
 def _demo(args: argparse.Namespace) -> int:
