@@ -109,6 +109,7 @@ class Session:
         self._turn_n = 0
         self._send_lock = asyncio.Lock()
         self.closed = False
+        self.busy = False  # handling a queue item (tests wait for the session to be idle)
         self.turn_busy_s = 0.0  # controller time spent on the current turn (decode, VAD, encode, send)
         self.created_s = time.time()
 
@@ -156,7 +157,11 @@ class Session:
                 if item is None:
                     return
                 t0 = time.perf_counter()
-                await self._handle(item)
+                self.busy = True
+                try:
+                    await self._handle(item)
+                finally:
+                    self.busy = False
                 self.turn_busy_s += time.perf_counter() - t0
         finally:
             await self.close()

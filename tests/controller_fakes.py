@@ -189,16 +189,24 @@ class Harness:
         self.session.queue.put_nowait(None)
         await asyncio.wait_for(self.task, 10)
 
+    def _idle(self) -> bool:
+        if self.task.done():
+            self.task.result()  # the session died: raise its error
+            raise RuntimeError("the session stopped")
+        return self.session.queue.empty() and not self.session.busy
+
     async def settle(self, rounds: int = 50) -> None:
-        """Lets the session and its tasks run until nothing is left to do (the fakes never wait on time)."""
-        for _ in range(rounds):
-            await asyncio.sleep(0)
-        while not self.session.queue.empty():
-            if self.task.done():
-                self.task.result()  # the session died: raise its error
-                raise RuntimeError("the session stopped")
+        """Lets the session and its tasks run until nothing is left to do: the fakes never wait on time,
+        but the session hands long appends to a worker thread, which does."""
+        quiet = 0
+        while quiet < 2:  # idle twice in a row: the tasks it spawned have had their turn too
             for _ in range(rounds):
                 await asyncio.sleep(0)
+            if self._idle():
+                quiet += 1
+            else:
+                quiet = 0
+                await asyncio.sleep(0.001)
 
     async def send(self, ev: dict | str) -> None:
         self.session.queue.put_nowait(ClientFrame(ev if isinstance(ev, str) else json.dumps(ev)))
