@@ -1,0 +1,112 @@
+"""The controller's HTTP side over real sockets (fake backend and VAD): auth, limits, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+
+from controller.config import ControllerConfig
+from controller.serve import ControllerThread
+from tests.controller_fakes import FakeBackend, FakeVad, pcm16_b64, silence, speech
+
+
+def controller(**cfg) -> ControllerThread:
+    cfg.setdefault("port", 0)
+    return ControllerThread(ControllerConfig(**cfg), backend=FakeBackend(), vad=FakeVad())
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+async def recv_type(ws, type_: str) -> dict:
+    while True:
+        ev = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if ev["type"] == type_:
+            return ev
+
+
+def test_keys_are_checked():
+    with controller(api_keys=("k1", "k2")) as c:
+        url = f"ws://127.0.0.1:{c.port}/v1/realtime?model=x"
+
+        async def go():
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                with pytest.raises(websockets.InvalidStatus) as e:
+                    async with websockets.connect(url, additional_headers=headers):
+                        pass
+                assert e.value.response.status_code == 401
+            async with websockets.connect(url, additional_headers={"Authorization": "Bearer k2"}) as ws:
+                assert (await recv_type(ws, "session.created"))["session"]["model"] == "x"
+            # the browser form: the key in a subprotocol
+            async with websockets.connect(url, subprotocols=["realtime", "openai-insecure-api-key.k1"]) as ws:
+                await recv_type(ws, "session.created")
+
+        asyncio.run(go())
+        _status, text = get(c.port, "/metrics")
+        assert 'controller_sessions_rejected_total{reason="auth"} 2.0' in text
+
+
+def test_open_access_only_on_localhost():
+    with pytest.raises(ValueError, match="without API keys"):
+        ControllerConfig(host="0.0.0.0").check()
+    ControllerConfig(host="0.0.0.0", api_keys=("k",)).check()
+
+
+def test_session_limit_and_frame_limits():
+    with controller(max_sessions=1, max_frame_bytes=4096) as c:
+        url = f"ws://127.0.0.1:{c.port}/v1/realtime"
+
+        async def go():
+            async with websockets.connect(url) as ws:
+                await recv_type(ws, "session.created")
+                with pytest.raises(websockets.InvalidStatus) as e:
+                    async with websockets.connect(url):
+                        pass
+                assert e.value.response.status_code == 503
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "A" * 8000}))
+                assert (await recv_type(ws, "error"))["error"]["code"] == "frame_too_large"
+                # the session still works
+                for chunk in (speech(800), silence(800)):
+                    for i in range(0, len(chunk), 960):
+                        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16_b64(chunk[i:i + 960])}))
+                assert (await recv_type(ws, "response.done"))["response"]["status"] == "completed"
+                # past four times the limit the connection is closed (1009: message too big)
+                await ws.send("x" * (4 * 4096 + 1))
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await recv_type(ws, "never")
+                assert closed.value.rcvd.code == 1009
+
+        asyncio.run(go())
+
+
+def test_session_audio_limit():
+    with controller(max_session_audio_s=1.0) as c:
+        async def go():
+            async with websockets.connect(f"ws://127.0.0.1:{c.port}/v1/realtime") as ws:
+                await recv_type(ws, "session.created")
+                for _ in range(3):
+                    await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16_b64(silence(400))}))
+                assert (await recv_type(ws, "error"))["error"]["code"] == "session_audio_limit_exceeded"
+
+        asyncio.run(go())
+
+
+def test_healthz_and_metrics():
+    with controller() as c:
+        status, body = get(c.port, "/healthz")
+        assert status == 200 and json.loads(body) == {"ok": True, "sessions": 0}
+        status, text = get(c.port, "/metrics")
+        assert status == 200
+        for name in ("controller_sessions_active", "controller_turns_total", "controller_speculation_total",
+                     "controller_stage_latency_seconds_bucket", "controller_triton_streams_open"):
+            assert name in text
