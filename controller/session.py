@@ -41,7 +41,7 @@ log = logging.getLogger("controller.session")
 
 MIN_COMMIT_MS = 100  # the protocol's minimum for a manual commit
 LOG_KEEP_MS = 2000  # input kept beyond the prefix padding while nobody speaks
-THREAD_SAMPLES = 4 * WINDOW_SAMPLES  # appends longer than this run their VAD in a worker thread
+THREAD_SAMPLES = 32 * WINDOW_SAMPLES  # appends longer than this (~1 s) are resampled and classified in a worker thread
 
 
 # -- queue items -------------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 Models used: ``audio_tokenizer_stream`` (one sequence per run of user speech), ``chat_llm`` (decoupled,
 ``messages_json``), ``tts`` (decoupled) and, when the server has it, ``asr``. What a model accepts is
-read from its config at start, so the controller works with servers that do or do not have the
-explicit cancel input (``cancel_request_id``) and the ``asr`` model: without the cancel input,
-cancelling the gRPC call is what stops a request (the model sees ``is_cancelled()``); with it, a
-cancel request by id follows too, which also reaches work a model runs behind BLS.
+read from its config at start, so the controller also works with servers without the explicit
+cancel input (``cancel_request_id``) or without the ``asr`` model: cancelling the gRPC call stops a
+request (the model sees ``is_cancelled()``); where the model takes ``cancel_request_id``, a cancel
+request by id follows, which also reaches what the model runs behind BLS (tts -> tts_lm).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from client import tensors as T
 from client.aio import decoupled_responses
+from client.asr import asr_inputs
 from client.chat import build_inputs
 from client.tokenize import new_stream_id
 from client.tts import tts_inputs
@@ -31,10 +32,8 @@ from controller.backend import BackendError, ChatDelta, ChatParams, TtsChunk, Tt
 log = logging.getLogger("controller.triton")
 
 TOKENIZER_RATE_HZ = 16000
-# The asr model's names, until client/tensors.py defines them (then those are used).
-ASR_MODEL = getattr(T, "ASR", "asr")
-ASR_TEXT = "text"
-CANCEL_INPUT = "cancel_request_id"
+ASR_MODEL = T.ASR
+CANCEL_INPUT = T.CANCEL_REQUEST_ID.name
 REQUIRED_MODELS = (T.AUDIO_TOKENIZER_STREAM, T.CHAT_LLM, T.TTS)
 CANCEL_TIMEOUT_S = 5.0
 
@@ -259,19 +258,15 @@ class TritonBackend:
     async def asr(self, audio_16k: np.ndarray) -> str:
         if not self.has_asr:
             raise BackendError(f"the server has no {ASR_MODEL!r} model")
-        specs = {s.name: s for s in getattr(T, "ASR_INPUTS", ())}
-        audio_dtype = specs["audio"].client_dtype if "audio" in specs else "FP32"
-        rate_dtype = specs["sample_rate_hz"].client_dtype if "sample_rate_hz" in specs else "INT32"
-        inputs = [_inp("audio", audio_dtype, np.ascontiguousarray(audio_16k, dtype=np.float32)),
-                  _inp("sample_rate_hz", rate_dtype, np.array([TOKENIZER_RATE_HZ], dtype=np.int32))]
         self._stream_opened()
         try:
-            res = await self.client.infer(ASR_MODEL, inputs, client_timeout=self.request_timeout_s)
+            res = await self.client.infer(ASR_MODEL, asr_inputs(audio_16k, TOKENIZER_RATE_HZ),
+                                          client_timeout=self.request_timeout_s)
         except InferenceServerException as exc:
             raise BackendError(f"{ASR_MODEL}: {exc.message()}") from exc
         finally:
             self._stream_closed()
-        text = res.as_numpy(ASR_TEXT).reshape(-1)[0]
+        text = res.as_numpy(T.ASR_TEXT.name).reshape(-1)[0]
         return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
     async def close(self) -> None:
