@@ -328,3 +328,37 @@ def test_backend_failure_fails_the_response_only():
     assert done["response"]["status"] == "failed"
     assert "prompt too long" in done["response"]["status_details"]["error"]["message"]
     assert again["response"]["status"] == "completed"
+
+
+def test_idle_timeout_prompts_a_response_after_the_reply_played():
+    async def go():
+        async with Harness() as h:
+            await h.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+                "turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}}})
+            await h.audio(speech(800))
+            await h.audio(silence(800))
+            await h.wait_for("response.done")
+            await h.audio(silence(4000))
+            assert not h.of("input_audio_buffer.timeout_triggered")
+            await h.audio(silence(2000))  # 5 s after the reply's 0.4 s of audio finished playing
+            await h.wait_for("response.done", 2)
+            return h
+
+    h = run(go())
+    (idle,) = h.of("input_audio_buffer.timeout_triggered")
+    assert idle["audio_end_ms"] - idle["audio_start_ms"] >= 5000
+    assert len(h.of("input_audio_buffer.committed")) == 1  # no new user item
+
+
+@pytest.mark.parametrize("eagerness,silence_ms,responds", [("high", 500, True), ("low", 800, False)])
+def test_semantic_vad_eagerness_sets_the_end_of_turn_silence(eagerness, silence_ms, responds):
+    async def go():
+        async with Harness() as h:
+            await h.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+                "turn_detection": {"type": "semantic_vad", "eagerness": eagerness}}}}})
+            await h.audio(speech(800))
+            await h.audio(silence(silence_ms))
+            return h
+
+    h = run(go())
+    assert bool(h.of("input_audio_buffer.committed")) is responds
