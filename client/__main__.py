@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--temperature", type=float, default=None)
     chat.add_argument("--seed", type=int, default=None)
     chat.add_argument("-v", "--verbose", action="store_true")
+    from client.talk import add_arguments as talk_arguments
+
+    talk = sub.add_parser("talk", help="one spoken turn through the controller (OpenAI Realtime), or --mic")
+    talk_arguments(talk)
     tts = sub.add_parser("tts", help="stream speech from the tts model into a WAV file")
     tts.add_argument("text")
     tts.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT")
@@ -145,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     asr.add_argument("wav")
     asr.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT")
     args = parser.parse_args(argv)
+    if args.command == "talk":
+        from client.talk import run
+
+        return run(args)
     return {"tokenize": _tokenize, "chat": _chat, "tts": _tts, "asr": _asr}[args.command](args)
 
 
