@@ -7,8 +7,9 @@ N simulated callers talk to the controller at the same time through the unmodifi
 streaming its microphone at real-time pace (100 ms of PCM16 24 kHz every 100 ms, silence included,
 as a phone line does). Each turn is an espeak-ng sentence, every other one with a short pause in the
 middle (a break the VAD sees as UserPaused but not as the end of the turn), then silence until the
-reply has finished (and a little more). Two controllers serve the same Triton: one with speculative
-replies, one without; the same workload runs against each, in alternating rounds.
+reply has finished (and a little more). Two controllers (``python -m controller serve`` processes)
+serve the same Triton: one with speculative replies, one without; after one unmeasured warm-up caller
+on each, the same workload runs against each, in alternating rounds.
 
 Per turn, on the caller's side: voice-to-voice latency = from sending the chunk that holds the end of
 the user's speech to receiving the first ``response.output_audio.delta`` of the reply. It includes the
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import re
 import subprocess
 import sys
@@ -160,10 +162,10 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def controller_summary(before: str, after: str) -> dict:
-    """What changed in one controller's metrics during one phase."""
+def controller_summary(scrapes: list[tuple[str, str]]) -> dict:
+    """What changed in one controller's metrics during its phases ((before, after) /metrics pairs)."""
     def d(name: str, labels: str = "") -> float:
-        return metric(after, name, labels) - metric(before, name, labels)
+        return sum(metric(after, name, labels) - metric(before, name, labels) for before, after in scrapes)
 
     out: dict = {"turns": int(d("controller_turns_total"))}
     spec = {k: int(d("controller_speculation_total", f'{{outcome="{k}"}}')) for k in ("started", "committed", "discarded")}
@@ -235,42 +237,81 @@ def summarize(records: list[dict], silence_ms: int) -> dict:
             "statuses": {s: sum(r["status"] == s for r in records) for s in {r["status"] for r in records}}}
 
 
+class ControllerProcess:
+    """``python -m controller serve`` in its own process, so that its CPU time is its own."""
+
+    def __init__(self, triton: str, speculation: bool, args):
+        from export.triton_launcher import pick_free_port
+
+        self.port = pick_free_port()
+        cmd = [sys.executable, "-m", "controller", "serve", "--triton", triton, "--port", str(self.port),
+               "--pause-ms", str(args.controller_pause_ms), "--max-reply-tokens", str(args.max_reply_tokens),
+               "--tts-max-new-tokens", str(args.tts_max_new_tokens), "--seed", "0",
+               "--max-sessions", str(max(64, args.callers)), "--log-level", "WARNING"]
+        if not speculation:
+            cmd.append("--no-speculation")
+        self.proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent)
+
+    def __enter__(self) -> ControllerProcess:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                scrape(self.port)
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the controller did not start") from None
+                time.sleep(0.2)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the controller process has used."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not espeak_available():
         log("espeak-ng and sox are needed for the spoken workload")
         return 2
-    from controller.config import ControllerConfig
-    from controller.serve import ControllerThread
 
     t_start = time.perf_counter()
     turns = workload(args.turns, args.pause_ms, args.max_words)
     with ExitStack() as stack:
         triton = args.triton or start_tiny_triton(stack, args.checkpoints).grpc_url
-        controllers = {}
-        for mode in ("on", "off"):
-            cfg = ControllerConfig(triton_url=triton, port=0, speculation=mode == "on", pause_ms=args.controller_pause_ms,
-                                   max_reply_tokens=args.max_reply_tokens, tts_max_new_tokens=args.tts_max_new_tokens,
-                                   seed=0, max_sessions=max(64, args.callers))
-            controllers[mode] = stack.enter_context(ControllerThread(cfg))
+        controllers = {mode: stack.enter_context(ControllerProcess(triton, mode == "on", args)) for mode in ("on", "off")}
+        for mode in ("on", "off"):  # first requests warm the models up (torch, ONNX Runtime): not measured
+            log(f"warm-up: speculation {mode}, 1 caller x {min(args.turns, 2)} turns ...")
+            asyncio.run(caller(controllers[mode].port, 0, turns[:2], args.silence_duration_ms, args.reply_timeout_s))
         phases: dict[str, list] = {"on": [], "off": []}
         servers: dict[str, list] = {"on": [], "off": []}
         loads: dict[str, list] = {"on": [], "off": []}
+        cpu_s: dict[str, float] = {"on": 0.0, "off": 0.0}
         for rnd in range(args.rounds):
             for mode in (("on", "off") if rnd % 2 == 0 else ("off", "on")):
                 log(f"round {rnd + 1}: speculation {mode}, {args.callers} callers x {args.turns} turns ...")
-                before = scrape(controllers[mode].port)
+                before, cpu0 = scrape(controllers[mode].port), controllers[mode].cpu_s()
                 with BackgroundLoad() as bg:
                     records = asyncio.run(run_phase(controllers[mode].port, args, turns))
+                cpu_s[mode] += controllers[mode].cpu_s() - cpu0
                 phases[mode] += records
-                servers[mode].append(controller_summary(before, scrape(controllers[mode].port)))
+                servers[mode].append((before, scrape(controllers[mode].port)))
                 loads[mode].append(bg.result())
 
     results: dict = {}
     for mode in ("on", "off"):
         s = summarize(phases[mode], args.silence_duration_ms)
-        merged = servers[mode][0] if len(servers[mode]) == 1 else {"rounds": servers[mode]}
-        results[f"speculation_{mode}"] = {**s, "controller": merged, "background_load": loads[mode],
+        ctl = controller_summary(servers[mode])
+        ctl["controller_cpu_per_turn_ms"] = round(1000 * cpu_s[mode] / ctl["turns"], 1) if ctl["turns"] else None
+        results[f"speculation_{mode}"] = {**s, "controller": ctl, "background_load": loads[mode],
                                           "records": phases[mode]}
     on, off = results["speculation_on"]["voice_to_voice_ms"], results["speculation_off"]["voice_to_voice_ms"]
     results["side_by_side_ms"] = {q: {"on": on.get(q), "off": off.get(q),
@@ -286,8 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         v = results[f"speculation_{mode}"]["voice_to_voice_ms"]
         print(f"speculation {mode:<10}" + "".join(f"{v.get(q, float('nan')):>9.0f}" for q in ("p50", "p90", "p99")))
     spec = results["speculation_on"]["controller"]
-    print(f"speculation (on): {spec.get('speculation')}; controller overhead per turn: "
-          f"{spec.get('controller_overhead_per_turn_ms')}")
+    print(f"speculation (on): {spec['speculation']}")
+    for mode in ("on", "off"):
+        c = results[f"speculation_{mode}"]["controller"]
+        print(f"controller per turn (speculation {mode}): {c['controller_cpu_per_turn_ms']} ms CPU of its process, "
+              f"{c['controller_overhead_per_turn_ms']['mean']} ms of event-loop time on the turn's events")
     print(f"wrote {path} in {results['total_s']:.0f} s")
     return 0
 

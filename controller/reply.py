@@ -114,6 +114,10 @@ class Reply:
         except BackendError as exc:
             self.error = str(exc)
             self.outputs.put_nowait(ReplyEnd("error", usage, str(exc)))
+        except Exception as exc:  # whatever broke, the response must still close
+            log.exception("%s failed", self.id)
+            self.error = f"internal error: {exc}"
+            self.outputs.put_nowait(ReplyEnd("error", usage, self.error))
         finally:
             self.finished = True
 

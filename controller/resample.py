@@ -46,7 +46,7 @@ class StreamingResampler:
         padded = np.zeros(self.taps * self.up)
         padded[: len(h)] = h
         # phases[r, k] = h[r + k * up]: the taps that meet input samples for output phase r
-        self.phases = padded.reshape(self.taps, self.up).T.astype(np.float32)  # (up, taps)
+        self.phases = np.ascontiguousarray(padded.reshape(self.taps, self.up).T, dtype=np.float32)  # (up, taps)
         self._buf = np.zeros(self.taps - 1, np.float32)  # the input tail, preceded by zeros at the start
         self._buf_start = -(self.taps - 1)  # absolute index of _buf[0]
         self._n_in = 0
@@ -81,13 +81,14 @@ class StreamingResampler:
 
     def _produce(self, n_end: int) -> np.ndarray:
         out = []
+        # windows[i] = _buf[i + taps - 1], ..., _buf[i]: the taps that meet an output whose newest input is i + taps - 1
+        windows = np.lib.stride_tricks.sliding_window_view(self._buf, self.taps)[:, ::-1]
         while self._n_out < n_end:
             n = np.arange(self._n_out, min(n_end, self._n_out + BLOCK_OUT), dtype=np.int64)
             t = n * self.down + self.delay
             newest = t // self.up - self._buf_start  # index in _buf of the newest input each output uses
-            phase = t % self.up
-            idx = newest[:, None] - np.arange(self.taps)[None, :]  # (n, taps), newest first
-            out.append(np.einsum("nk,nk->n", self._buf[idx], self.phases[phase]))
+            rows = windows[newest - (self.taps - 1)]  # (n, taps), newest first
+            out.append(np.einsum("nk,nk->n", rows, self.phases[t % self.up]))
             self._n_out = int(n[-1]) + 1
         # keep only what the next output still needs
         next_newest = (self._n_out * self.down + self.delay) // self.up

@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
@@ -201,6 +202,9 @@ class TritonBackend:
         except InferenceServerException as exc:
             finished = True
             raise BackendError(f"{model}: {exc.message()}") from exc
+        except grpc.RpcError as exc:  # the connection to Triton failed
+            finished = True
+            raise BackendError(f"{model}: {exc}") from exc
         finally:
             self._stream_closed()
             if not finished and self.accepts(model, CANCEL_INPUT):
@@ -264,6 +268,8 @@ class TritonBackend:
                                           client_timeout=self.request_timeout_s)
         except InferenceServerException as exc:
             raise BackendError(f"{ASR_MODEL}: {exc.message()}") from exc
+        except grpc.RpcError as exc:
+            raise BackendError(f"{ASR_MODEL}: {exc}") from exc
         finally:
             self._stream_closed()
         text = res.as_numpy(T.ASR_TEXT.name).reshape(-1)[0]
