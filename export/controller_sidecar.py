@@ -18,8 +18,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ControllerSidecar:
-    def __init__(self, triton_grpc_url: str, port: int, host: str = "127.0.0.1"):
+    def __init__(self, triton_grpc_url: str, port: int, host: str = "127.0.0.1", extra_args: tuple[str, ...] = (),
+                 log_path: Path | None = None):
         self.triton_grpc_url, self.port, self.host = triton_grpc_url, port, host
+        self.extra_args, self.log_path = tuple(extra_args), log_path  # log_path: its output there, not ours
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -28,8 +30,11 @@ class ControllerSidecar:
 
     def start(self, timeout_s: float = 60.0) -> ControllerSidecar:
         cmd = [sys.executable, "-m", "controller", "serve", "--triton", self.triton_grpc_url,
-               "--host", self.host, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT)
+               "--host", self.host, "--port", str(self.port), *self.extra_args]
+        out = open(self.log_path, "ab") if self.log_path is not None else None  # the child keeps its own copy
+        self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT if out else None)
+        if out is not None:
+            out.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

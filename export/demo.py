@@ -1,76 +1,88 @@
-"""``make demo`` for now: a real tritonserver tokenizes a bundled speech sample, offline and streaming."""
+"""``make demo``: the whole stack on the embedded default, holding a scripted spoken conversation.
+
+Generates the tiny checkpoints (first run), renders the model repository, starts tritonserver and the
+controller, then runs ``client.demo_conversation`` through the unmodified ``openai`` SDK: a pause that
+triggers a speculative reply, a committed speculation, a barge-in. Prints the timeline and a latency
+table, writes the replies to ``demo-output/``, and stops everything (also on Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
+from export.triton_launcher import pick_free_port
 
-from client.audio_io import read_wav
-from client.tokenize import TokenizerStream, chunks, tokenize
+OUTPUT_DIR = Path(os.environ.get("DEMO_OUTPUT", Path(__file__).resolve().parent.parent / "demo-output"))
+# Small replies keep the tiny models' CPU time short; the random weights make them noise anyway.
+CONTROLLER_ARGS = ("--seed", "0", "--max-reply-tokens", "24", "--tts-max-new-tokens", "150", "--pause-ms", "200",
+                   "--log-level", "WARNING")
 
-SAMPLE_WAV = Path(__file__).resolve().parent.parent / "client" / "samples" / "hello_24k.wav"
-STREAM_CHUNK_MS = 100
+
+def _say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
 
 
-def _port(env: str) -> int:
-    return int(os.environ.get(env, 0))  # 0: a free port, so the demo never clashes with `make serve`
+class _Ticker:
+    """Prints elapsed time every few seconds while a long step runs, so progress stays visible."""
+
+    def __init__(self, what: str, every_s: float = 5.0):
+        self.what, self.every_s, self._stop = what, every_s, threading.Event()
+
+    def __enter__(self) -> _Ticker:
+        self.t0 = time.perf_counter()
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            _say(f"  ... {self.what} ({time.perf_counter() - self.t0:.0f} s)")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
 
 
 def run_demo(checkpoints: Path, out: Path, preset: str, overrides: list[str]) -> int:
-    import tritonclient.grpc as grpcclient
-
+    from client.demo_conversation import latency_table, run
     from export.__main__ import build
+    from export.controller_sidecar import ControllerSidecar
     from export.triton_launcher import TritonServer
 
-    build(checkpoints, out, preset, overrides)
-    audio, sr = read_wav(SAMPLE_WAV)
-    log_path = Path(tempfile.mkdtemp(prefix="stepaudio-demo-")) / "tritonserver.log"
-    print(f"[demo] starting tritonserver (log: {log_path})", flush=True)
+    _say("step 1/4: rendering the model repository")
+    report = build(checkpoints, out, preset, overrides)
+    logs = Path(tempfile.mkdtemp(prefix="stepaudio-demo-"))
+    _say(f"step 2/4: starting tritonserver with {len(report.models)} models (log: {logs / 'tritonserver.log'})")
     t0 = time.perf_counter()
-    with TritonServer(out, http_port=_port("TRITON_HTTP_PORT"), grpc_port=_port("TRITON_GRPC_PORT"),
-                      metrics_port=_port("TRITON_METRICS_PORT"), log_path=log_path) as server:
-        server.start()
-        print(f"[demo] ready in {time.perf_counter() - t0:.1f} s: gRPC {server.grpc_url}, HTTP {server.http_url}",
-              flush=True)
-        client = grpcclient.InferenceServerClient(server.grpc_url)
+    port = int(os.environ.get("CONTROLLER_PORT", 0)) or pick_free_port()
+    with TritonServer(out, http_port=int(os.environ.get("TRITON_HTTP_PORT", 0)),
+                      grpc_port=int(os.environ.get("TRITON_GRPC_PORT", 0)),
+                      metrics_port=int(os.environ.get("TRITON_METRICS_PORT", 0)),
+                      log_path=logs / "tritonserver.log") as server:
+        with _Ticker("loading models"):
+            server.start(timeout_s=600)
+        _say(f"  ready in {time.perf_counter() - t0:.0f} s: gRPC {server.grpc_url}")
+        _say(f"step 3/4: starting the controller (log: {logs / 'controller.log'})")
+        controller = ControllerSidecar(server.grpc_url, port, extra_args=CONTROLLER_ARGS,
+                                       log_path=logs / "controller.log")
         try:
-            duration_s = len(audio) / sr
-            print(f"[demo] sample: {SAMPLE_WAV.name}, {duration_s:.2f} s at {sr} Hz", flush=True)
-            tokenize(client, audio[: sr // 2], sr)  # warm-up
-            reply = tokenize(client, audio, sr)
-            print(f"\n[demo] offline audio_tokenizer: {len(reply.audio_tokens)} tokens "
-                  f"({len(reply.audio_tokens) / duration_s:.1f} tokens/s) in {reply.latency_s * 1000:.0f} ms "
-                  f"(RTF {reply.latency_s / duration_s:.3f})")
-            print(reply.token_string[:400] + (" ..." if len(reply.token_string) > 400 else ""))
-
-            stream = TokenizerStream(client, sr)
-            lat_ms, got = [], []
-            t_stream = time.perf_counter()
-            for piece in chunks(audio, sr * STREAM_CHUNK_MS // 1000):
-                r = stream.send(piece)
-                lat_ms.append(r.latency_s * 1000)
-                got.append(r.audio_tokens)
-            last = stream.finish()
-            got.append(last.audio_tokens)
-            total_s = time.perf_counter() - t_stream
-            tokens = np.concatenate(got)
-            print(f"\n[demo] streaming audio_tokenizer_stream: {len(lat_ms)} chunks of {STREAM_CHUNK_MS} ms, "
-                  f"{len(tokens)} tokens; per-chunk latency p50 {np.percentile(lat_ms, 50):.1f} ms, "
-                  f"p95 {np.percentile(lat_ms, 95):.1f} ms; flush {last.latency_s * 1000:.1f} ms; "
-                  f"RTF {total_s / duration_s:.3f}")
-            first = next((i for i, g in enumerate(got) if len(g)), None)
-            if first is not None:
-                print(f"[demo] first streamed tokens after chunk {first + 1} "
-                      f"({(first + 1) * STREAM_CHUNK_MS} ms of audio)")
-            same = np.array_equal(tokens, reply.audio_tokens)
-            print(f"[demo] streaming (running peak, short segments) vs offline (reference settings): "
-                  f"{'identical' if same else f'{int((tokens[:len(reply.audio_tokens)] != reply.audio_tokens[:len(tokens)]).sum())} of {len(tokens)} tokens differ'}")
+            controller.start()
+            base = f"http://{controller.host}:{controller.port}"
+            _say(f"  Realtime endpoint {controller.url}; browser demo at {base}/ (while this runs)")
+            _say("step 4/4: a spoken conversation through the openai SDK's Realtime client\n")
+            result = run(controller.url, f"{base}/metrics", OUTPUT_DIR, print_line=lambda s: print(s, flush=True))
         finally:
-            client.close()
-        print("\n[demo] stopping tritonserver", flush=True)
-    print("[demo] done", flush=True)
+            controller.stop()
+        _say("latency (from the end of each utterance):\n")
+        print(latency_table(result))
+        spec = result.speculation
+        print(f"\nspeculation: {spec.get('started', 0):.0f} started, {spec.get('committed', 0):.0f} committed, "
+              f"{spec.get('discarded', 0):.0f} discarded")
+        print(f"replies written to {OUTPUT_DIR}/ (24 kHz WAV)\n")
+        print("The tiny preset's random weights make the replies noise-like audio and arbitrary text; the timing,\n"
+              "streaming and turn-taking are real. Serve the official checkpoints with CHECKPOINTS=DIR (README).")
+        _say("stopping tritonserver")
+    _say("done")
     return 0

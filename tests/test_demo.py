@@ -1,4 +1,4 @@
-"""`make demo`'s entry point end to end: build, real tritonserver, offline + streaming, clean stop."""
+"""`make demo`'s entry point end to end: build, tritonserver + controller, the spoken conversation, clean stop."""
 
 import os
 import subprocess
@@ -11,19 +11,21 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_demo_runs_and_stops_cleanly(tiny_checkpoints, tmp_path):
-    env = {**os.environ, "CHECKPOINTS": str(tiny_checkpoints)}
-    for var in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT"):
+def test_demo_holds_the_spoken_conversation_and_stops_cleanly(tiny_checkpoints, tmp_path):
+    env = {**os.environ, "CHECKPOINTS": str(tiny_checkpoints), "DEMO_OUTPUT": str(tmp_path / "out")}
+    for var in ("TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "CONTROLLER_PORT"):
         env.pop(var, None)
     proc = subprocess.run(
         [sys.executable, "-m", "export", "demo", "--out", str(tmp_path / "repo")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "offline audio_tokenizer:" in out and "<audio_" in out
-    assert "streaming audio_tokenizer_stream:" in out
-    assert "rendered audio_tokenizer, audio_tokenizer_stream, chat_llm, tts_lm" in out
+    assert "speculation discarded" in out and "speculation committed" in out  # the pause, the end of turn
+    assert "response.done cancelled (turn_detected)" in out and "conversation.item.truncated" in out  # barge-in
+    assert out.count("first audio delta of the reply") >= 2 and "user said (asr)" in out
+    assert "| order (with a pause) |" in out and "| barge-in |" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir())[:1] == ["reply_1.wav"]
     assert out.rstrip().endswith("[demo] done")
 
 
