@@ -209,7 +209,8 @@ class TritonBackend:
             self._stream_closed()
             if not finished and self.accepts(model, CANCEL_INPUT):
                 # the gRPC cancel above stops the model; this also stops what it runs behind BLS
-                asyncio.get_running_loop().create_task(self.cancel_by_id(model, request_id))
+                with contextlib.suppress(RuntimeError):  # no loop any more: the process is ending
+                    asyncio.get_running_loop().create_task(self.cancel_by_id(model, request_id))
 
     async def chat(self, messages: list[dict[str, Any]], params: ChatParams,
                    request_id: str) -> AsyncIterator[ChatDelta]:
