@@ -189,6 +189,7 @@ def parse_args(argv):
     p.add_argument("--callers", type=int, default=4)
     p.add_argument("--turns", type=int, default=3, help="turns per caller per round")
     p.add_argument("--rounds", type=int, default=1, help="speculation on/off rounds, alternating")
+    p.add_argument("--warmup-turns", type=int, default=2, help="unmeasured turns of one caller per controller first")
     p.add_argument("--max-words", type=int, default=40, help="cut the sentences to this many words")
     p.add_argument("--pause-ms", type=int, default=350, help="the mid-sentence pause of every other turn")
     p.add_argument("--silence-duration-ms", type=int, default=700, help="end-of-turn silence (server_vad)")
@@ -289,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         triton = args.triton or start_tiny_triton(stack, args.checkpoints).grpc_url
         controllers = {mode: stack.enter_context(ControllerProcess(triton, mode == "on", args)) for mode in ("on", "off")}
         for mode in ("on", "off"):  # first requests warm the models up (torch, ONNX Runtime): not measured
-            log(f"warm-up: speculation {mode}, 1 caller x {min(args.turns, 2)} turns ...")
-            asyncio.run(caller(controllers[mode].port, 0, turns[:2], args.silence_duration_ms, args.reply_timeout_s))
+            if args.warmup_turns:
+                log(f"warm-up: speculation {mode}, 1 caller x {args.warmup_turns} turns ...")
+                asyncio.run(caller(controllers[mode].port, 0, turns[:args.warmup_turns], args.silence_duration_ms,
+                                   args.reply_timeout_s))
         phases: dict[str, list] = {"on": [], "off": []}
         servers: dict[str, list] = {"on": [], "off": []}
         loads: dict[str, list] = {"on": [], "off": []}

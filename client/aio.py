@@ -21,9 +21,11 @@ def is_final(result: grpcclient.InferResult) -> bool:
 
 async def decoupled_responses(
     client: grpcaio.InferenceServerClient, model: str, inputs: list[grpcclient.InferInput],
-    request_id: str = "", timeout_s: float | None = None,
+    request_id: str = "", timeout_s: float | None = None, idle_timeout_s: float | None = None,
 ) -> AsyncIterator[grpcclient.InferResult]:
-    """Yields every response with outputs of one request to a decoupled model; raises the server's error."""
+    """Yields every response with outputs of one request to a decoupled model; raises the server's error.
+    ``timeout_s`` bounds the whole stream; ``idle_timeout_s`` the wait for each response (TimeoutError,
+    and the request is cancelled)."""
     done = asyncio.Event()
 
     async def requests():
@@ -32,8 +34,14 @@ async def decoupled_responses(
 
     call = client.stream_infer(requests(), stream_timeout=timeout_s)
     finished = False
+    responses = aiter(call)
     try:
-        async for result, error in call:
+        while True:
+            try:
+                result, error = await asyncio.wait_for(anext(responses), idle_timeout_s)
+            except StopAsyncIteration:
+                finished = True  # the server closed the stream
+                return
             if error is not None:
                 finished = True  # an error response ends the request in the server
                 raise error
@@ -41,9 +49,7 @@ async def decoupled_responses(
             if result.get_response().outputs:
                 yield result
             if finished:
-                break
-        else:
-            finished = True  # the server closed the stream
+                return
     finally:
         done.set()
         if not finished:

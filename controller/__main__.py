@@ -22,7 +22,7 @@ def _config(args: argparse.Namespace) -> ControllerConfig:
         vad_model=args.vad_model, pause_ms=args.pause_ms, speculation=not args.no_speculation,
         speculate_tts=not args.no_speculate_tts, max_reply_tokens=args.max_reply_tokens,
         tts_max_new_tokens=args.tts_max_new_tokens or None, max_context_tokens=args.max_context_tokens,
-        temperature=args.temperature, seed=args.seed,
+        temperature=args.temperature, seed=args.seed, response_timeout_s=args.response_timeout_s,
         **({"default_instructions": args.instructions} if args.instructions is not None else {}),
     )
 
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--instructions", default=None, help="default system prompt of new sessions")
+    p.add_argument("--response-timeout-s", type=float, default=d.response_timeout_s,
+                   help="a Triton stream silent this long fails its reply")
     p.add_argument("--triton-wait-s", type=float, default=120.0, help="how long to wait for Triton to answer")
     p.add_argument("--log-level", default=os.environ.get("CONTROLLER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)

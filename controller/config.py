@@ -39,6 +39,7 @@ class ControllerConfig:
     max_context_tokens: int = 4096  # system prompt + history + reply must fit the chat model's context
     clause_policy: ClausePolicy = field(default_factory=ClausePolicy)
     audio_delta_ms: int = 100  # the longest output audio delta
+    response_timeout_s: float = 30.0  # a Triton stream silent this long fails its reply (and is cancelled)
 
     @property
     def open_access(self) -> bool:

@@ -40,7 +40,7 @@ async def connect_backend(cfg: ControllerConfig, wait_s: float = 60.0):
 
     deadline = time.monotonic() + wait_s
     while True:
-        backend = TritonBackend(cfg.triton_url)
+        backend = TritonBackend(cfg.triton_url, response_timeout_s=cfg.response_timeout_s)
         try:
             await backend.start()
             return backend

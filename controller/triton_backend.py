@@ -133,10 +133,11 @@ class TritonTokenizerStream:
 
 
 class TritonBackend:
-    def __init__(self, url: str, request_timeout_s: float = 300.0):
+    def __init__(self, url: str, request_timeout_s: float = 300.0, response_timeout_s: float = 30.0):
         self.url = url
         self.client = grpcaio.InferenceServerClient(url)
         self.request_timeout_s = request_timeout_s
+        self.response_timeout_s = response_timeout_s  # a stream silent this long is given up (and cancelled)
         self._open = 0
         self._inputs: dict[str, set[str]] = {}
         self._models: set[str] = set()
@@ -196,9 +197,12 @@ class TritonBackend:
         self._stream_opened()
         finished = False
         try:
-            async for result in decoupled_responses(self.client, model, inputs, request_id, self.request_timeout_s):
+            async for result in decoupled_responses(self.client, model, inputs, request_id, self.request_timeout_s,
+                                                    self.response_timeout_s):
                 yield result
             finished = True
+        except asyncio.TimeoutError as exc:  # (TimeoutError itself from Python 3.11 on)
+            raise BackendError(f"{model}: no response for {self.response_timeout_s:.0f} s") from exc
         except InferenceServerException as exc:
             finished = True
             raise BackendError(f"{model}: {exc.message()}") from exc
