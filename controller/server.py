@@ -1,4 +1,4 @@
-"""The controller's HTTP/WebSocket server (aiohttp): /v1/realtime, /healthz, /metrics.
+"""The controller's HTTP/WebSocket server (aiohttp): /v1/realtime, /healthz, /metrics, the demo page at /.
 
 Auth: ``Authorization: Bearer <key>`` (or the browser form, a ``openai-insecure-api-key.<key>``
 WebSocket subprotocol) against the configured keys; with no keys the server only binds to localhost.
@@ -20,6 +20,7 @@ from controller.config import ControllerConfig
 from controller.metrics import Metrics
 from controller.session import ClientFrame, OversizedFrame, Session
 from controller.vad import VadModel
+from controller.web import add_routes as add_web_routes
 
 log = logging.getLogger("controller.server")
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
@@ -37,6 +38,7 @@ class ControllerServer:
         app.router.add_get("/v1/realtime", self._realtime)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        add_web_routes(app)  # the browser demo at /
         return app
 
     # -- auth --------------------------------------------------------------------------------------
