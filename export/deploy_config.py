@@ -74,6 +74,7 @@ class TtsConfig:
     default_speaker: str = "Tingting"
     voice_cache_size: int = 32  # prepared clone prompts kept (LRU, keyed by audio hash)
     push_tokens: int = 5  # speech tokens gathered before a push to token2wav (5 = one 120 ms group)
+    max_streams: int = 64  # syntheses one instance runs at once (a thread each, mostly waiting on BLS)
 
 
 @dataclass

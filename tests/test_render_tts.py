@@ -34,5 +34,5 @@ def test_pytorch_fallback_has_no_onnx_and_bad_backend_is_named(tiny_checkpoints,
     assert not (tmp_path / "repo" / "token2wav" / "1" / "onnx").exists()
     config = (tmp_path / "repo" / "token2wav" / "config.pbtxt").read_text()
     assert 'key: "backend" value { string_value: "torch" }' in config and "CONTROL_SEQUENCE_START" in config
-    with pytest.raises(RenderError, match="token2wav.backend must be onnx or torch"):
+    with pytest.raises(RenderError, match=r"token2wav\.backend must be onnx or torch"):
         build_repository(load_config("cpu", tiny_checkpoints, ["token2wav.backend=trt"]), tmp_path / "repo2")

@@ -7,6 +7,7 @@ import logging
 import secrets
 import types
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -73,10 +74,23 @@ class TritonPythonModel:
                                  PromptMel.from_yaml(f"{p['tts_dir']}/CosyVoice-300M-25Hz/cosyvoice.yaml"))
         self.voices = VoiceBank(preparer, p["speakers_dir"], cache_size=int(p["voice_cache_size"]))
         self.cancels = CancelBoard()
+        self.pool = ThreadPoolExecutor(max_workers=int(p["max_streams"]), thread_name_prefix="tts")
 
     async def execute(self, requests):
-        await asyncio.gather(*(asyncio.to_thread(self._serve, r) for r in requests))
+        # Each stream blocks a thread on its BLS calls; the default pool (cores + 4 threads) would queue
+        # streams, and the cancels meant for them, behind running ones. Cancels are served inline.
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self.pool, self._serve, r) for r in requests
+                               if not self._cancel(r)))
         return None
+
+    def _cancel(self, request):
+        """Serves a control request (``cancel_request_id``) at once; False for a synthesis request."""
+        if (target := _text(request, T.CANCEL_REQUEST_ID)) is None:
+            return False
+        self.cancels.cancel(target)
+        request.get_response_sender().send(flags=FINAL)
+        return True
 
     def _voice(self, request, text):
         clone = _get(request, T.CLONE_AUDIO)
@@ -127,10 +141,6 @@ class TritonPythonModel:
         from stepaudio.tts.pipeline import TtsInputError, plan, token2wav_pushes
 
         sender = request.get_response_sender()
-        if (target := _text(request, T.CANCEL_REQUEST_ID)) is not None:  # a control request
-            self.cancels.cancel(target)
-            sender.send(flags=FINAL)
-            return
         rid = _text(request, T.REQUEST_ID) or uuid.uuid4().hex
         try:
             stop = self.cancels.register(rid)
@@ -177,4 +187,5 @@ class TritonPythonModel:
                     log.warning("token2wav stream %d: cancel failed", corrid)
 
     def finalize(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.voices = None
