@@ -45,8 +45,22 @@ class _Ticker:
         self._stop.set()
 
 
+def _report(result) -> None:
+    from client.demo_conversation import latency_table
+
+    _say("latency (from the end of each utterance):\n")
+    print(latency_table(result))
+    spec = result.speculation
+    print(f"\nspeculation: {spec.get('started', 0):.0f} started, {spec.get('committed', 0):.0f} committed, "
+          f"{spec.get('discarded', 0):.0f} discarded")
+    print(f"replies written to {OUTPUT_DIR}/ (24 kHz WAV)\n")
+    print("The tiny preset's random weights make the replies noise-like audio and arbitrary text; the timing,\n"
+          "streaming and turn-taking are real. Serve the official checkpoints with CHECKPOINTS=DIR (README).\n"
+          "DEMO_STAY=1 make demo keeps the stack up afterwards for the browser demo.", flush=True)
+
+
 def run_demo(checkpoints: Path, out: Path, preset: str, overrides: list[str]) -> int:
-    from client.demo_conversation import latency_table, run
+    from client.demo_conversation import run
     from export.__main__ import build
     from export.controller_sidecar import ControllerSidecar
     from export.triton_launcher import TritonServer
@@ -73,16 +87,16 @@ def run_demo(checkpoints: Path, out: Path, preset: str, overrides: list[str]) ->
             _say(f"  Realtime endpoint {controller.url}; browser demo at {base}/ (while this runs)")
             _say("step 4/4: a spoken conversation through the openai SDK's Realtime client\n")
             result = run(controller.url, f"{base}/metrics", OUTPUT_DIR, print_line=lambda s: print(s, flush=True))
+            _report(result)
+            if os.environ.get("DEMO_STAY", "0") not in ("0", ""):
+                _say(f"DEMO_STAY: serving on until Ctrl-C; open {base}/ for the browser demo")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
         finally:
             controller.stop()
-        _say("latency (from the end of each utterance):\n")
-        print(latency_table(result))
-        spec = result.speculation
-        print(f"\nspeculation: {spec.get('started', 0):.0f} started, {spec.get('committed', 0):.0f} committed, "
-              f"{spec.get('discarded', 0):.0f} discarded")
-        print(f"replies written to {OUTPUT_DIR}/ (24 kHz WAV)\n")
-        print("The tiny preset's random weights make the replies noise-like audio and arbitrary text; the timing,\n"
-              "streaming and turn-taking are real. Serve the official checkpoints with CHECKPOINTS=DIR (README).")
         _say("stopping tritonserver")
     _say("done")
     return 0
