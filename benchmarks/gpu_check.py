@@ -88,32 +88,74 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def _tf32_setters():
+    """(set strict, restore) using the legacy flags, or torch's newer fp32_precision settings where the
+    legacy ones refuse (torch 2.9+ can reject a mix of the two)."""
+    import torch
+
+    b = torch.backends
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prev = (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32)
+
+        def strict():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                b.cuda.matmul.allow_tf32 = False
+                b.cudnn.allow_tf32 = False
+
+        def restore():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = prev
+
+        return strict, restore
+    except RuntimeError:
+        prev_new = (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision)
+
+        def strict_new():
+            b.cuda.matmul.fp32_precision = "ieee"
+            b.cudnn.conv.fp32_precision = "ieee"
+
+        def restore_new():
+            b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision = prev_new
+
+        return strict_new, restore_new
+
+
 @contextlib.contextmanager
 def strict_fp32():
     """TF32 off for matmuls and convolutions (restored afterwards)."""
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    strict, restore = _tf32_setters()
+    strict()
     try:
         yield
     finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+        restore()
 
 
 def tf32_settings() -> dict:
     import torch
 
+    b = torch.backends
+    getters = {
+        "matmul_allow_tf32": lambda: b.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": lambda: b.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision,
+        "matmul_fp32_precision": lambda: b.cuda.matmul.fp32_precision,
+        "cudnn_conv_fp32_precision": lambda: b.cudnn.conv.fp32_precision,
+    }
+    out: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {"matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-                "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-                "float32_matmul_precision": torch.get_float32_matmul_precision()}
+        for name, get in getters.items():
+            try:
+                value = get()
+                out[name] = value if isinstance(value, (bool, str)) else str(value)
+            except Exception as exc:  # absent in this torch, or refused
+                out[name] = f"unavailable ({type(exc).__name__})"
+    return out
 
 
 def source_digest() -> str:

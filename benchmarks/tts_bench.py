@@ -60,6 +60,7 @@ import numpy as np
 from benchmarks.common import (
     RESULTS_DIR,
     cpu_busy_s,
+    git_info,
     machine_info,
     own_cpu_s,
     peak_rss_mb,
@@ -634,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     results: dict = {"triton": None, "token2wav": None}
+    git_at_start = git_info()  # the code the servers and models were loaded from (HEAD may move during a long run)
     machine = machine_info(include_torch=False)
     machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="tts-bench-"))
@@ -654,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     results["summary"] = summary(results)
     results["peak_rss_mb"] = peak_rss_mb()
     results["bench_wall_s"] = round(time.perf_counter() - t_start, 1)
+    results["git_at_start"] = git_at_start
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config.update(speaker=SPEAKER, sample_rate_hz=SAMPLE_RATE_HZ, torch_threads_default=torch.get_num_threads())
     path = write_result(args.name, config, results, args.out, machine=machine)
