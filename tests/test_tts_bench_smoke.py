@@ -90,7 +90,7 @@ def test_triton_part_against_a_running_server(tiny_server, tmp_path):
     assert r["server_cpu_known"] is False and r["max_new_tokens"] == 300
     for c, rounds in ((1, 2), (2, 1)):
         x = r[f"concurrency_{c}"]
-        assert len(x["rounds"]) == rounds and x["summary"]["requests"] == 2
+        assert len(x["rounds"]) == rounds and x["summary"]["requests"] == 2 and x["summary"]["failed_requests"] == 0
         for rnd in x["rounds"]:
             assert len(rnd["requests"]) == c and _pos(rnd["wall_s"])
             for q in rnd["requests"]:
