@@ -24,6 +24,10 @@ from controller.serve import ControllerThread
 from tests.conftest import espeak_wav
 from tests.controller_fakes import FakeBackend
 
+# The tiny TTS LM is random: about 7% of its tokens are audio ids, so a clause with 30 tokens has no audio
+# one time in nine; with 120 the chance is below 1e-3 per clause, so a reply practically always has audio.
+TTS_TOKENS = 120
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MIC_RATE_HZ = 48000  # what Chromium's fake capture device runs at
 PROMPT = "What is the weather like today in London?"
@@ -144,7 +148,7 @@ def user_items(c: ControllerThread) -> list:
 def test_spoken_turn_through_triton_plays_the_reply_and_shows_transcripts(tiny_server, webdriver, tmp_path):
     """The real stack: Chromium's microphone -> page -> controller -> tiny tritonserver -> page's speakers."""
     wav, _speech_s = mic_wav(tmp_path, PROMPT, lead_s=1.5, tail_s=1.0)
-    cfg = ControllerConfig(triton_url=tiny_server.grpc_url, port=0, max_reply_tokens=8, tts_max_new_tokens=30,
+    cfg = ControllerConfig(triton_url=tiny_server.grpc_url, port=0, max_reply_tokens=8, tts_max_new_tokens=TTS_TOKENS,
                            seed=0)
     with ControllerThread(cfg) as c, chromium(webdriver, wav, loop=False) as driver:
         t0 = time.monotonic()

@@ -28,6 +28,10 @@ from controller.config import ControllerConfig
 from controller.serve import ControllerThread
 from tests.conftest import espeak_wav
 
+# The tiny TTS LM is random: about 7% of its tokens are audio ids, so a clause with 30 tokens has no audio
+# one time in nine; with 120 the chance is below 1e-3 per clause, so a reply practically always has audio.
+TTS_TOKENS = 120
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RATE_HZ = 24000
 CHUNK_MS = 100
@@ -37,7 +41,7 @@ TURN = {"type": "server_vad", "silence_duration_ms": 800, "prefix_padding_ms": 3
 
 @pytest.fixture(scope="module")
 def controller(tiny_server):
-    cfg = ControllerConfig(triton_url=tiny_server.grpc_url, port=0, max_reply_tokens=8, tts_max_new_tokens=30,
+    cfg = ControllerConfig(triton_url=tiny_server.grpc_url, port=0, max_reply_tokens=8, tts_max_new_tokens=TTS_TOKENS,
                            seed=0, pause_ms=200, max_frame_bytes=1 << 20, require_session_update=True)
     with ControllerThread(cfg) as c:
         c.triton = tiny_server
