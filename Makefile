@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test lint serve demo clean
+.PHONY: setup test lint serve demo clean bench load
 
 setup: $(STAMP)
 
@@ -25,6 +25,28 @@ serve: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m export demo
+
+# Benchmarks and load tests install the `bench` extra (locust, websocket-client) once, on top of setup.
+#   make bench [BENCH_ARGS="--full" | BENCH_ARGS="--only pipeline,concurrency"]
+#   make load USERS=8 DURATION=60s [LOAD_USERS=RealtimeCaller] against a running `make serve`
+BENCH_STAMP := $(VENV)/.bench-stamp
+USERS ?= 4
+DURATION ?= 60s
+LOAD_USERS ?=
+LOAD_OUT ?= benchmarks/results/load
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[bench]"
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks.suite $(BENCH_ARGS)
+
+load: $(BENCH_STAMP)
+	mkdir -p $(LOAD_OUT)
+	$(VENV)/bin/locust -f benchmarks/locustfile.py --headless -u $(USERS) -r $(USERS) -t $(DURATION) \
+		--stop-timeout 30 --only-summary --csv $(LOAD_OUT)/load --json-file $(LOAD_OUT)/locust \
+		--summary-json $(LOAD_OUT)/summary.json $(LOAD_USERS)
 
 clean:
 	rm -rf build checkpoints
