@@ -376,7 +376,9 @@ def triton_part(args, tiny_root: Path | None, work: Path) -> dict:
             r = bench_server(server.grpc_url, server.pid, args, max_new)
         if any(v["summary"]["failed_requests"] or v["summary"]["failed_requests_in_repeated_attempts"]
                for k, v in r.items() if k.startswith("concurrency_")):
-            r["server_log_tail"] = server_log.read_text(errors="replace").splitlines()[-60:]
+            lines = [x for x in server_log.read_text(errors="replace").splitlines()
+                     if "in-flight non-inference requests" not in x]  # the shutdown countdown
+            r["server_log_tail"] = lines[-80:]
         out[variant] = {
             "models": report.models, "server_start_s": round(start_s, 1), "server_cpu_known": True,
             "deployment": {"preset": "cpu", "overrides": list(args.set),
