@@ -64,6 +64,17 @@ class AsyncEngine:
     async def generate(self, req: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Yields the request's events; the last one has ``finished=True``. Raises RequestError
         (before any event) for a request the engine cannot take."""
+        batches = self.generate_batches(req)
+        try:
+            async for batch in batches:
+                for ev in batch:
+                    yield ev
+        finally:
+            await batches.aclose()
+
+    async def generate_batches(self, req: GenerationRequest) -> AsyncIterator[list[TokenEvent]]:
+        """Like ``generate``, but yields every event that is ready at once: a consumer that fell
+        behind the engine (a busy server) catches up in one response instead of one per token."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         if req.request_id in self._queues:
@@ -82,10 +93,12 @@ class AsyncEngine:
         finished = False
         try:
             while True:
-                ev = await queue.get()
-                yield ev
-                if ev.finished:
-                    finished = True
+                batch = [await queue.get()]
+                while not batch[-1].finished and not queue.empty():
+                    batch.append(queue.get_nowait())
+                finished = batch[-1].finished
+                yield batch
+                if finished:
                     return
         finally:
             if not finished:

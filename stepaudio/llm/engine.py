@@ -19,7 +19,7 @@ import torch
 
 from stepaudio.llm.model import LayerCache, Step1ForCausalLM
 from stepaudio.llm.prefix_cache import PrefixCache
-from stepaudio.llm.sampling import SamplingParams, sample
+from stepaudio.llm.sampling import SamplingParams, sample_rows
 
 
 class RequestError(ValueError):
@@ -178,7 +178,7 @@ class Engine:
         self.stats.cached_prompt_tokens += n_cached
         if self.prefix_reuse:
             self.cache.insert(prompt, seq.k, seq.v)
-        return self._accept(seq, out.logits[0, -1])
+        return self._accept([seq], out.logits[:, -1])
 
     def _decode(self, seqs: list[_Seq]) -> list[TokenEvent]:
         b = len(seqs)
@@ -200,17 +200,23 @@ class Engine:
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.device)
         pos = torch.tensor([[s.kv_len] for s in seqs], dtype=torch.long, device=self.device)
         out = self.model(ids, pos, caches, cache_pos, logits_for="last")
-        events = []
         for i, s in enumerate(seqs):
             s.k = [torch.cat([s.k[layer], out.new_k[layer][i]], dim=1) for layer in range(n_layers)]
             s.v = [torch.cat([s.v[layer], out.new_v[layer][i]], dim=1) for layer in range(n_layers)]
-            events += self._accept(s, out.logits[i, -1])
         self.stats.decode_tokens += b
+        return self._accept(seqs, out.logits[:, -1])
+
+    def _accept(self, seqs: list[_Seq], logits: torch.Tensor) -> list[TokenEvent]:
+        """Samples one token per sequence from (B, V) logits, all rows at once."""
+        tokens = sample_rows(logits, [s.req.params for s in seqs], [s.tokens for s in seqs],
+                             [s.generator for s in seqs])
+        events = []
+        for seq, token in zip(seqs, tokens, strict=True):
+            events += self._take(seq, token)
         return events
 
-    def _accept(self, seq: _Seq, logits: torch.Tensor) -> list[TokenEvent]:
+    def _take(self, seq: _Seq, token: int) -> list[TokenEvent]:
         p = seq.req.params
-        token = sample(logits, p, seq.tokens, seq.generator)
         if seq.t_first_token_s is None:
             seq.t_first_token_s = time.perf_counter()
         if token in p.stop_ids:

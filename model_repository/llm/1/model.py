@@ -1,6 +1,7 @@
 """Triton adapter: streaming Step-1 generation (chat_llm / tts_lm), decoupled, async execute."""
 
 import asyncio
+import faulthandler
 import logging
 
 import numpy as np
@@ -39,6 +40,8 @@ def _response(ids, text, reason, ev):
 class TritonPythonModel:
     def initialize(self, args):
         import torch
+
+        faulthandler.enable(all_threads=True)  # a crash of the stub leaves every thread's Python stack in the log
 
         from stepaudio.llm.async_engine import AsyncEngine
         from stepaudio.llm.engine import Engine
@@ -96,8 +99,8 @@ class TritonPythonModel:
             return
         try:
             req = parse_request(_arrays(request, self.specs), self.mode, self.tokenizer, self.defaults)
-            stream = self.engine.generate(req)
-            first = await anext(stream)  # RequestError surfaces here, before any response
+            stream = self.engine.generate_batches(req)
+            batch = await anext(stream)  # RequestError surfaces here, before any response
         except (RequestError, SamplingError, ValueError) as exc:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
             return
@@ -105,9 +108,9 @@ class TritonPythonModel:
         detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=True) if self.mode == "chat" else None
         watcher = asyncio.create_task(self._watch_cancel(request, req.request_id))
         try:
-            ev = first
-            while True:
-                ids = [] if ev.token_id is None else [ev.token_id]
+            while True:  # one response per batch of ready events: a busy server sends fewer, larger ones
+                ev = batch[-1]
+                ids = [e.token_id for e in batch if e.token_id is not None]
                 text = detok.feed_many(ids) if detok else ""
                 if ev.finished:
                     text += detok.finish() if detok else ""
@@ -117,7 +120,7 @@ class TritonPythonModel:
                         sender.send(_response(ids, text, ev.finish_reason or "", ev), flags=FINAL)
                     return
                 sender.send(_response(ids, text, "", ev))
-                ev = await anext(stream)
+                batch = await anext(stream)
         except Exception as exc:  # a failure in one stream never takes the instance down
             log.exception("generation failed")
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"internal error: {exc}")),
