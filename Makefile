@@ -1,7 +1,8 @@
 # Thin recipes: each target calls one script or Python entry point.
 # Variables passed through to `serve` and `demo` (from the environment or `make serve VAR=...`):
-#   CHECKPOINTS, TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT,
-#   CONTROLLER_PORT (the real-time controller `serve` starts next to Triton; default 8765, `off` disables it)
+#   CHECKPOINTS, TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT, TRITON_START_TIMEOUT_S (default 600),
+#   CONTROLLER_PORT (the real-time controller `serve` starts next to Triton; default 8765, `off` disables it),
+#   CONTROLLER_ARGS (its options, e.g. "--max-reply-tokens 64"; on the tiny checkpoints small reply limits by default)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -76,13 +76,15 @@ def _serve(args: argparse.Namespace) -> int:
         bind_address=os.environ.get("TRITON_BIND_ADDRESS", "127.0.0.1"),
         foreground=True,
     )
-    print("[serve] starting tritonserver (Ctrl-C stops it)", flush=True)
-    server.start()
+    # Loading every model takes a minute on a quiet laptop and several on a busy one: wait long, not forever.
+    start_timeout_s = float(os.environ.get("TRITON_START_TIMEOUT_S", 600))
+    print(f"[serve] starting tritonserver (Ctrl-C stops it; ready within {start_timeout_s:.0f} s)", flush=True)
+    server.start(timeout_s=start_timeout_s)
     print(f"[serve] ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}/metrics",
           flush=True)
     from export.controller_sidecar import start_sidecar
 
-    sidecar = start_sidecar(server.grpc_url)  # CONTROLLER_PORT=off: Triton alone
+    sidecar = start_sidecar(server.grpc_url, tiny=checkpoints == DEFAULT_CHECKPOINTS)  # CONTROLLER_PORT=off: Triton alone
     try:
         return server.wait()
     finally:

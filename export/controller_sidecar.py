@@ -7,6 +7,7 @@ Started as a separate interpreter (not imported): the controller sits above this
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -59,12 +60,23 @@ class ControllerSidecar:
                 self.proc.wait()
 
 
-def start_sidecar(triton_grpc_url: str) -> ControllerSidecar | None:
-    """The controller for ``make serve``, or None when CONTROLLER_PORT=off or it cannot start."""
+# The embedded tiny checkpoints' random TTS LM rarely ends a clause by itself: the controller's default
+# budget (1024 TTS tokens a clause, 256 chat tokens a reply) makes each reply take minutes of CPU there.
+TINY_CONTROLLER_ARGS = ("--max-reply-tokens", "24", "--tts-max-new-tokens", "150")
+
+
+def start_sidecar(triton_grpc_url: str, tiny: bool = False) -> ControllerSidecar | None:
+    """The controller for ``make serve``, or None when CONTROLLER_PORT=off or it cannot start.
+    ``CONTROLLER_ARGS`` (shell words) replaces the reply limits chosen for the tiny checkpoints."""
     port = os.environ.get("CONTROLLER_PORT", "8765")
     if port.lower() in ("off", "none", ""):
         return None
-    sidecar = ControllerSidecar(triton_grpc_url, int(port), os.environ.get("CONTROLLER_HOST", "127.0.0.1"))
+    extra = os.environ.get("CONTROLLER_ARGS")
+    extra_args = tuple(shlex.split(extra)) if extra is not None else TINY_CONTROLLER_ARGS if tiny else ()
+    if extra_args:
+        print(f"[serve] controller options: {' '.join(extra_args)}", flush=True)
+    sidecar = ControllerSidecar(triton_grpc_url, int(port), os.environ.get("CONTROLLER_HOST", "127.0.0.1"),
+                                extra_args=extra_args)
     try:
         sidecar.start()
     except RuntimeError as exc:
