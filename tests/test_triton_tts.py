@@ -126,13 +126,27 @@ def test_cancel_by_request_id_stops_tts_lm_and_frees_token2wav(client, tiny_serv
     assert _wait_gauge(tiny_server, "llm_active_requests", 0) == 0  # tts_lm stopped, not left running
 
 
-@pytest.mark.skip(reason="hung once in a full CI run (the gRPC cancel of a running tts stream; passes alone); "
-                         "cancellation is covered by the cancel-by-id test and the controller's disconnect test")
 def test_client_cancellation_reaches_tts_lm_and_token2wav(tiny_server):
-    c = grpcclient.InferenceServerClient(tiny_server.grpc_url)
-    chunks = stream_tts(c, tts_inputs(TEXT, seed=6, max_new_tokens=4000))
-    next(chunks)
-    chunks.close()  # leaving early cancels the request on the server
-    c.close()
+    """A client that leaves a running stream (gRPC cancel, as the controller does) stops tts_lm and frees
+    the token2wav stream. Through the asyncio client: its cancel never blocks the caller, so a server that
+    failed to stop shows up as a gauge left up, not as a hung test."""
+    import asyncio
+
+    import tritonclient.grpc.aio as grpcaio
+
+    from client import tensors as T
+    from client.aio import decoupled_responses
+
+    async def first_chunk_then_leave():
+        c = grpcaio.InferenceServerClient(tiny_server.grpc_url)
+        try:
+            stream = decoupled_responses(c, T.TTS, tts_inputs(TEXT, seed=6, max_new_tokens=4000))
+            first = await asyncio.wait_for(anext(stream), 120)
+            assert first.as_numpy(T.AUDIO_OUT.name).size > 0  # audio is flowing: both are open
+            await asyncio.wait_for(stream.aclose(), 10)  # leaving early cancels the call
+        finally:
+            await asyncio.wait_for(c.close(), 10)
+
+    asyncio.run(first_chunk_then_leave())
     assert _wait_gauge(tiny_server, "token2wav_open_streams", 0) == 0
     assert _wait_gauge(tiny_server, "llm_active_requests", 0) == 0
