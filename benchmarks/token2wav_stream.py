@@ -8,7 +8,8 @@ policy it reports:
 
 * ``first_chunk_tokens`` / ``first_chunk_speech_s``: tokens (and their speech time at 41.67 tokens/s)
   that had to exist before the first audio chunk left; ``first_chunk_compute_ms``: compute of that push;
-* per-chunk compute (flow and vocoder, ms) and the streaming real-time factor (compute / audio);
+* per-chunk compute (flow and vocoder, ms), the streaming real-time factor (compute / audio) and the
+  CPU seconds per audio second (``cpu_per_audio_s``, process time: the same as compute on one thread);
 * ``max_abs_dev`` and ``snr_db`` of the concatenated stream against ``Token2Wav.offline`` of the same
   tokens with the same seed (offline is the reference).
 
@@ -68,16 +69,19 @@ def main(argv: list[str] | None = None) -> dict:
         "lookahead0": ChunkPolicy(lookahead=0),
         "lookahead10": ChunkPolicy(lookahead=10),
         "one_chunk": ChunkPolicy(first=100000, cap=100000),
+        "default_all_context": ChunkPolicy(),  # the flow re-reads every released token (flow_context None)
     }
+    flow_context = t2w.flow_context
     results: dict = {
         "tokens": int(tokens.size), "audio_s": round(audio_s, 3),
         "offline": {"compute_s": round(offline_s, 4), "rtf": round(offline_s / audio_s, 4)},
         "policies": {},
     }
     for name, policy in policies.items():
+        t2w.flow_context = None if name == "default_all_context" else flow_context
         s = t2w.session(voice, seed=args.seed, policy=policy)
         chunks, first = [], None
-        total = 0.0
+        total, cpu0 = 0.0, time.process_time()
         for i in range(0, tokens.size, 5):
             t = time.perf_counter()
             got = s.push(tokens[i:i + 5])
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.perf_counter()
         chunks += s.finish()
         total += time.perf_counter() - t
+        cpu = time.process_time() - cpu0
         x = np.concatenate(chunks)
         assert x.size == ref.size, (name, x.size, ref.size)
         err = float(((ref - x) ** 2).sum())
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             "chunk_vocoder_ms": [round(st.vocoder_s * 1e3, 2) for st in s.stats],
             "compute_s": round(total, 4),
             "rtf": round(total / audio_s, 4),
+            "cpu_per_audio_s": round(cpu / audio_s, 4),
             "max_abs_dev": float(np.abs(ref - x).max()),
             "snr_db": round(snr, 2) if np.isfinite(snr) else "inf",
         }
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:12s} chunks={r['chunks']:3d} first={r['first_chunk_tokens']} tok "
               f"({r['first_chunk_compute_ms']} ms) rtf={r['rtf']:.3f} dev={r['max_abs_dev']:.4f} snr={r['snr_db']} dB")
     config = {"golden": str(args.golden), "repeat": args.repeat, "threads": args.threads, "seed": args.seed,
-              "push_tokens": 5, "left_context_frames": 12, "overlap_frames": 3}
+              "push_tokens": 5, "left_context_frames": 12, "overlap_frames": 3, "flow_context_tokens": flow_context}
     path = write_result("token2wav_stream", config, results, args.out)
     print(f"wrote {path}")
     return results

@@ -156,3 +156,29 @@ def test_rtf_pytorch_vs_onnxruntime(onnx_dir):
     r = measure_rtf(MODEL_DIR, onnx_dir, threads=1, repeats=1)
     print(f"\nflow+HiFT RTF on the golden tiny weights, 1 thread: {r}")
     assert r["pytorch_rtf"] > 0 and r["onnx_rtf"] > 0
+
+
+def test_estimator_export_has_no_mask_and_skips_masking(onnx_dir):
+    """The export assumes no padding: no mask input; a non-trivial mask is refused, not silently ignored.
+    In PyTorch, mask None gives exactly the all-ones result."""
+    est = OnnxEstimator(onnx_dir / "flow_estimator.onnx", threads=1)
+    assert [i.name for i in est.session.get_inputs()] == ["x", "mu", "t", "spks", "cond"]
+    g = torch.Generator().manual_seed(3)
+    x, mu, cond = (torch.randn(2, 80, 20, generator=g) for _ in range(3))
+    t, spks = torch.rand(2, generator=g), torch.randn(2, 80, generator=g)
+    ones = torch.ones(2, 1, 20)
+    assert torch.equal(est(x, ones, mu, t, spks, cond), est(x, None, mu, t, spks, cond))
+    padded = ones.clone()
+    padded[1, :, 15:] = 0
+    with pytest.raises(ValueError, match="mask"):
+        est(x, padded, mu, t, spks, cond)
+    pt = load_flow(MODEL_DIR).decoder.estimator
+    with torch.inference_mode():
+        assert torch.equal(pt(x, ones, mu, t, spks, cond), pt(x, None, mu, t, spks, cond))
+
+
+def test_sessions_use_one_thread_and_never_spin(onnx_dir):
+    opts = OnnxHiftDecoder(onnx_dir / "hift_decoder.onnx").session.get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"

@@ -169,7 +169,12 @@ def test_vocoder_seams_are_transparent(setup, monkeypatch):
     """With the offline mel fed in, the chunked vocoder (source cache, left context, cross-fade) ~ offline."""
     t2w, voice, tokens, ref = setup
     mel = t2w.flow_mel(torch.as_tensor(tokens), voice, t2w.noise(SEED))
-    monkeypatch.setattr(t2w, "flow_mel", lambda tok, v, n: mel[..., :t2w.flow.mel_frames(tok.numel())])
+    frames = t2w.flow.mel_frames
+
+    def offline_mel(tok, v, n, start=0):  # the frames a (windowed) run covers, taken from the offline mel
+        return mel[..., frames(tok.numel()) - frames(tok.numel() - start):frames(tok.numel())]
+
+    monkeypatch.setattr(t2w, "flow_mel", offline_mel)
     x, _, _, _ = stream(t2w, voice, tokens, ChunkPolicy(growth=1.0, cap=20))
     assert x.size == ref.size
     assert snr_db(ref, x) > VOCODER_SNR_DB
@@ -198,3 +203,49 @@ def test_benchmark_smoke(setup, tmp_path):
     default = doc["results"]["policies"]["default"]
     assert default["first_chunk_tokens"] == 25 and default["snr_db"] > STREAM_SNR_DB
     assert doc["results"]["policies"]["one_chunk"]["max_abs_dev"] < 1e-5
+
+
+def _flow_runs(t2w, monkeypatch) -> list[tuple[int, int]]:
+    """Records (tokens, start) of every flow run."""
+    runs, inner = [], t2w.flow_mel
+
+    def recording(tok, v, n, start=0):
+        runs.append((tok.numel(), start))
+        return inner(tok, v, n, start)
+
+    monkeypatch.setattr(t2w, "flow_mel", recording)
+    return runs
+
+
+@pytest.mark.parametrize("flow_context", [None, 5, 20])
+def test_flow_context_bounds_the_flow_window(setup, monkeypatch, flow_context):
+    t2w, voice, tokens, ref = setup
+    monkeypatch.setattr(t2w, "flow_context", flow_context)
+    runs = _flow_runs(t2w, monkeypatch)
+    policy = ChunkPolicy()
+    x, _, _, s = stream(t2w, voice, tokens, policy)
+    assert x.size == ref.size
+    assert snr_db(ref, x) > STREAM_SNR_DB
+    emitted = np.cumsum([0] + [st.tokens for st in s.stats])[:-1]
+    assert [start for _, start in runs] == [0 if flow_context is None else max(0, e - flow_context) for e in emitted]
+    if flow_context is not None:  # a run reads at most the context, one hop and the look-ahead
+        assert max(n - start for n, start in runs) <= flow_context + policy.cap + policy.lookahead
+
+
+def test_flow_context_below_a_group_is_refused(setup):
+    from stepaudio.tts.token2wav import Token2WavStream
+
+    t2w, voice, _, _ = setup
+    with pytest.raises(ValueError, match="flow_context"):
+        Token2WavStream(t2w, voice, SEED, ChunkPolicy(), 12, 3, flow_context=4)
+
+
+def test_chunks_without_new_tokens_reuse_the_flow_run(setup, monkeypatch):
+    t2w, voice, tokens, _ = setup
+    runs = _flow_runs(t2w, monkeypatch)
+    s = t2w.session(voice, seed=SEED)
+    out = s.push(tokens[:64])  # releases the first 20 (64 >= 20 + 5), not the next 40 (needs 65)
+    assert len(out) == 1 and len(runs) == 1
+    out += s.finish()  # the last 44 tokens: the same 64 tokens as the run before, so no new run
+    assert len(runs) == 1
+    assert sum(c.size for c in out) == t2w.flow.mel_frames(64) * 256

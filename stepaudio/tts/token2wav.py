@@ -9,12 +9,16 @@ models allow:
 
 1. Chunking: ``stepaudio.tts.chunking.plan_chunks`` decides when a chunk of tokens is released
    (small first chunk, growing hops, a few tokens of look-ahead).
-2. Flow: re-run on the prompt and all tokens received so far (look-ahead included), so the
-   non-causal encoder and the interpolating length regulator see as much context as exists. The
-   ODE starts from one session-fixed noise tensor, sliced by frame position, so each frame starts
-   from the same noise as in offline synthesis. Only the frames of the released tokens are kept
-   (the mel cache); they are never recomputed. The frames past the chunk (from the look-ahead
-   tokens) are provisional: they serve only as right context for the vocoder.
+2. Flow: re-run on the prompt, the last ``flow_context`` released tokens (default 20; None: all of
+   them) and every token received since (look-ahead included), so the non-causal encoder and the
+   interpolating length regulator see context on both sides of the chunk, while a run's cost stays
+   bounded however long the utterance gets. The window's frames are right-aligned on the frames of
+   all tokens. The ODE starts from one session-fixed noise tensor, sliced by absolute frame
+   position, so each frame starts from the same noise as in offline synthesis. Only the frames of
+   the released tokens are kept (the mel cache); they are never recomputed. The frames past the
+   chunk (from the look-ahead tokens) are provisional: they serve only as right context for the
+   vocoder. A chunk released with no new tokens since the last run (a push that ends the stream
+   can release two) reuses that run.
 3. Vocoder: each chunk vocodes a mel window = ``left_context`` cached frames + the overlap + the
    new frames + the provisional frames. The harmonic source is computed outside ``inference``
    so it is continuous across chunks: samples already committed are reused (the source cache), new
@@ -38,6 +42,11 @@ import torch
 from stepaudio.tts.chunking import ChunkPolicy, plan_chunks
 
 SAMPLE_RATE = 22050
+# Released tokens a streaming chunk's flow run re-reads before the new tokens (after the prompt). On the
+# golden tiny weights the streamed-vs-offline SNR is the same within 1 dB for 5..40 tokens and for all
+# (the deviation comes from the missing right context), while the flow's work stops growing with the
+# utterance: 30% fewer estimator frames for 180 tokens.
+FLOW_CONTEXT_TOKENS = 20
 
 
 @dataclass(frozen=True)
@@ -117,8 +126,9 @@ class Token2Wav:
     """The flow runs where its parameters are (CPU or GPU); the vocoder and every stream cache stay on
     the CPU: the flow's 10 U-Net passes dominate, and the source/iSTFT bookkeeping is small."""
 
-    def __init__(self, flow, hift, n_timesteps: int = 10):
+    def __init__(self, flow, hift, n_timesteps: int = 10, flow_context: int | None = FLOW_CONTEXT_TOKENS):
         self.flow, self.hift, self.n_timesteps = flow, hift, n_timesteps
+        self.flow_context = flow_context  # for its sessions (see Token2WavStream.flow_context)
         self.device = next(flow.parameters()).device if any(True for _ in flow.parameters()) else torch.device("cpu")
         self.spf = hift.upsample_factor  # samples per mel frame (256)
         self.n_harmonics = hift.m_source.nb_harmonics + 1
@@ -127,13 +137,20 @@ class Token2Wav:
         return SessionNoise(seed, self.n_harmonics, self.flow.output_size, self.spf)
 
     @torch.inference_mode()
-    def flow_mel(self, tokens: torch.Tensor, voice: PromptVoice, noise: SessionNoise) -> torch.Tensor:
-        """(1, 80, mel_frames(len(tokens))) float32, starting from the session noise of each frame."""
-        n_frames = voice.prompt_feat.shape[0] + self.flow.mel_frames(tokens.numel())
+    def flow_mel(self, tokens: torch.Tensor, voice: PromptVoice, noise: SessionNoise, start: int = 0) -> torch.Tensor:
+        """The flow on the prompt and ``tokens[start:]``: (1, 80, W) float32 with W = mel_frames(len(tokens) - start),
+        the last W of the mel_frames(len(tokens)) frames (right-aligned: the end frame is exact). Each frame
+        starts from the session noise of its absolute position."""
+        n_prompt = voice.prompt_feat.shape[0]
+        end = self.flow.mel_frames(tokens.numel())
+        first = end - self.flow.mel_frames(tokens.numel() - start)
+        z = noise.flow.get(0, n_prompt + end)
+        if first:
+            z = torch.cat([z[..., :n_prompt], z[..., n_prompt + first:]], dim=-1)
         dev = self.device
-        mel = self.flow.inference(tokens[None].to(dev), voice.prompt_token[None].to(dev),
+        mel = self.flow.inference(tokens[None, start:].to(dev), voice.prompt_token[None].to(dev),
                                   voice.prompt_feat[None].to(dev), voice.embedding[None].to(dev),
-                                  noise=noise.flow.get(0, n_frames).to(dev), n_timesteps=self.n_timesteps)
+                                  noise=z.to(dev), n_timesteps=self.n_timesteps)
         return mel.float().cpu()
 
     @torch.inference_mode()
@@ -147,7 +164,7 @@ class Token2Wav:
 
     def session(self, voice: PromptVoice, seed: int = 0, policy: ChunkPolicy | None = None,
                 left_context: int = 12, overlap: int = 3) -> Token2WavStream:
-        return Token2WavStream(self, voice, seed, policy or ChunkPolicy(), left_context, overlap)
+        return Token2WavStream(self, voice, seed, policy or ChunkPolicy(), left_context, overlap, self.flow_context)
 
 
 @dataclass
@@ -168,9 +185,15 @@ class Token2WavStream:
     policy: ChunkPolicy
     left_context: int  # cached mel frames before the overlap given to the vocoder as left context
     overlap: int  # frames recomputed by the next chunk and cross-faded
+    # Released tokens the flow re-runs before each new chunk, as context (rounded down to whole token
+    # groups); None: all of them. The prompt is always included.
+    flow_context: int | None = None
     stats: list[ChunkStat] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.flow_context is not None and self.flow_context < self.policy.group:
+            # Less than a group could start the flow window past the mel cache end.
+            raise ValueError(f"flow_context must be None or at least {self.policy.group} tokens, got {self.flow_context}")
         self.noise = self.t2w.noise(self.seed)
         self.tokens = torch.zeros(0, dtype=torch.long)
         self.n_emitted = 0  # tokens released
@@ -180,6 +203,9 @@ class Token2WavStream:
         self.source = torch.zeros(1, 1, 0)  # committed source samples, from source_base on
         self.source_base = 0
         self.phase_sum = torch.zeros(1, self.t2w.n_harmonics, 1, dtype=torch.float64)  # cycles to source end
+        self.flow_tokens = -1  # token count of the last flow run, whose mel is kept in flow_out
+        self.flow_out = self.mel
+        self.flow_first = 0  # absolute frame of flow_out[..., 0]
         self.finished = False
 
     # -- public --
@@ -205,6 +231,7 @@ class Token2WavStream:
         self.finished = True
         self.tokens = torch.zeros(0, dtype=torch.long)
         self.mel = torch.zeros(1, self.t2w.flow.output_size, 0)
+        self.flow_out, self.flow_tokens, self.flow_first = self.mel, -1, 0
         self.source = torch.zeros(1, 1, 0)
         self.pending = np.zeros(0, np.float32)
         self.noise = None
@@ -223,17 +250,26 @@ class Token2WavStream:
     def _chunk(self, size: int, last: bool) -> np.ndarray:
         t2w, spf = self.t2w, self.t2w.spf
         t0 = time.perf_counter()
-        mel_all = t2w.flow_mel(self.tokens, self.voice, self.noise)  # all tokens so far
+        n = self.tokens.numel()
+        if self.flow_tokens != n:  # else (a push with end releasing two chunks) it is the same run
+            start = 0
+            if self.flow_context is not None:
+                g = self.policy.group
+                start = max(0, self.n_emitted - self.flow_context) // g * g
+            self.flow_out = t2w.flow_mel(self.tokens, self.voice, self.noise, start)
+            self.flow_first = t2w.flow.mel_frames(n) - self.flow_out.shape[-1]
+            self.flow_tokens = n
+        f0, mel_all = self.flow_first, self.flow_out  # frames [f0, mel_frames(n)): cache end onwards
         self.n_emitted += size
         end = t2w.flow.mel_frames(self.n_emitted)  # frames of the released tokens
-        self.mel = torch.cat([self.mel, mel_all[..., self.mel.shape[-1]:end]], dim=-1)
+        self.mel = torch.cat([self.mel, mel_all[..., self.mel.shape[-1] - f0:end - f0]], dim=-1)
         t1 = time.perf_counter()
 
         # Vocoder window: [w0, w1) frames; samples from frames_out on are (re)computed.
         new_from = self.frames_out
         w0 = max(0, new_from - self.left_context)
-        w1 = mel_all.shape[-1] if not last else end
-        mel_win = torch.cat([self.mel[..., w0:], mel_all[..., end:w1]], dim=-1)
+        w1 = f0 + mel_all.shape[-1] if not last else end
+        mel_win = torch.cat([self.mel[..., w0:], mel_all[..., end - f0:w1 - f0]], dim=-1)
         wav = np.zeros(0, np.float32)
         if mel_win.shape[-1] > 0:
             wav_win = self._vocode(mel_win, w0, commit=end)  # source committed up to released frames
@@ -297,7 +333,7 @@ class Token2WavStream:
 
 
 def load_token2wav(decoder_dir, device: str = "cpu", n_timesteps: int = 10, onnx_dir=None,
-                   onnx_threads: int = 1) -> Token2Wav:
+                   onnx_threads: int = 1, flow_context: int | None = FLOW_CONTEXT_TOKENS) -> Token2Wav:
     """A ``CosyVoice-300M-25Hz*`` folder as a Token2Wav: the flow on ``device``, HiFT (weight norm folded)
     on the CPU. With ``onnx_dir`` (holding ``export_cosyvoice_onnx``'s files) the flow estimator and the
     HiFT decoder run through ONNX Runtime on the CPU instead."""
@@ -310,4 +346,4 @@ def load_token2wav(decoder_dir, device: str = "cpu", n_timesteps: int = 10, onnx
         from stepaudio.tts.onnx_modules import use_onnx
 
         use_onnx(flow, hift, onnx_dir, threads=onnx_threads)
-    return Token2Wav(flow, hift, n_timesteps=n_timesteps)
+    return Token2Wav(flow, hift, n_timesteps=n_timesteps, flow_context=flow_context)

@@ -42,26 +42,35 @@ class ConditionalCFM(nn.Module):
         self.inference_cfg_rate = float(cfm_params.get("inference_cfg_rate", 0.7))
         self.estimator = estimator
 
-    def velocity(self, x, mask, mu, t, spks, cond) -> torch.Tensor:
-        """Guided velocity at x (B, 80, T), time t (B,)."""
+    def guided_inputs(self, mask, mu, spks, cond) -> tuple:
+        """The estimator's step-invariant inputs (mask, mu, spks, cond); with guidance, for the doubled
+        batch: the conditioned rows, then the same rows with mu, spks and cond zeroed. Built once per solve."""
+        if self.inference_cfg_rate <= 0:
+            return mask, mu, spks, cond
+
+        def zeroed(v):
+            return None if v is None else torch.cat([v, torch.zeros_like(v)])
+
+        return (None if mask is None else torch.cat([mask, mask])), zeroed(mu), zeroed(spks), zeroed(cond)
+
+    def guided_velocity(self, x, t, fixed: tuple) -> torch.Tensor:
+        """Velocity at x (B, 80, T), time t (B,), given ``guided_inputs(...)``."""
+        mask, mu, spks, cond = fixed
         r = self.inference_cfg_rate
         if r <= 0:
             return self.estimator(x, mask, mu, t, spks, cond)
-        v = self.estimator(
-            torch.cat([x, x]),
-            torch.cat([mask, mask]),
-            torch.cat([mu, torch.zeros_like(mu)]),
-            torch.cat([t, t]),
-            None if spks is None else torch.cat([spks, torch.zeros_like(spks)]),
-            None if cond is None else torch.cat([cond, torch.zeros_like(cond)]),
-        )
+        v = self.estimator(torch.cat([x, x]), mask, mu, torch.cat([t, t]), spks, cond)
         v_cond, v_uncond = v.chunk(2, dim=0)
         return (1.0 + r) * v_cond - r * v_uncond
+
+    def velocity(self, x, mask, mu, t, spks, cond) -> torch.Tensor:
+        """Guided velocity at x (B, 80, T), time t (B,)."""
+        return self.guided_velocity(x, t, self.guided_inputs(mask, mu, spks, cond))
 
     @torch.inference_mode()
     def forward(self, mu, mask, n_timesteps: int = 10, temperature: float = 1.0, spks=None, cond=None,
                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """mu (B, 80, T), mask (B, 1, T) -> mel (B, 80, T).
+        """mu (B, 80, T), mask (B, 1, T) or None (no padding) -> mel (B, 80, T).
 
         ``noise`` (B, 80, T) is the starting point x_0 (before ``temperature``); without it a
         standard normal is drawn, from ``generator`` if given.
@@ -77,8 +86,9 @@ class ConditionalCFM(nn.Module):
         # t_span[k+1] - t, so rounding in t does not accumulate.
         t = t_span[:1]  # (1,), shared by the batch
         dt = t_span[1] - t_span[0]
+        fixed = self.guided_inputs(mask, mu, spks, cond)
         for step in range(1, len(t_span)):
-            x = x + dt * self.velocity(x, mask, mu, t.expand(mu.size(0)), spks, cond)
+            x = x + dt * self.guided_velocity(x, t.expand(mu.size(0)), fixed)
             t = t + dt
             if step < len(t_span) - 1:
                 dt = t_span[step + 1] - t

@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """t (B,) in [0, 1] -> (B, dim) = [sin(1000 t f), cos(1000 t f)], f geometric from 1 to 1e-4.
 
@@ -41,14 +45,14 @@ class TimestepEmbedding(nn.Module):
 
 
 class Block1D(nn.Module):
-    """Conv1d k3 -> GroupNorm(8) -> Mish, on masked input, masked output."""
+    """Conv1d k3 -> GroupNorm(8) -> Mish, on masked input, masked output (mask None: no padding)."""
 
     def __init__(self, dim: int, dim_out: int, groups: int = 8):
         super().__init__()
         self.block = nn.Sequential(nn.Conv1d(dim, dim_out, 3, padding=1), nn.GroupNorm(groups, dim_out), nn.Mish())
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.block(x * mask) * mask
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return _masked(self.block(_masked(x, mask)), mask)
 
 
 class ResnetBlock1D(nn.Module):
@@ -60,10 +64,10 @@ class ResnetBlock1D(nn.Module):
         self.block2 = Block1D(dim_out, dim_out, groups)
         self.res_conv = nn.Conv1d(dim, dim_out, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, t_emb: torch.Tensor) -> torch.Tensor:
         h = self.block1(x, mask) + self.mlp(t_emb).unsqueeze(-1)  # time shifts every channel
         h = self.block2(h, mask)
-        return h + self.res_conv(x * mask)
+        return h + self.res_conv(_masked(x, mask))
 
 
 class Downsample1D(nn.Module):
@@ -217,7 +221,11 @@ class ConditionalDecoder(nn.Module):
         self.final_proj = nn.Conv1d(up[-1], out_channels, 1)
 
     def forward(self, x, mask, mu, t, spks=None, cond=None) -> torch.Tensor:
-        """x, mu, cond (B, 80, T); mask (B, 1, T); t (B,); spks (B, 80) -> velocity (B, 80, T)."""
+        """x, mu, cond (B, 80, T); mask (B, 1, T); t (B,); spks (B, 80) -> velocity (B, 80, T).
+
+        ``mask`` None means no padding (every frame valid): the same result as all ones, without the
+        masking products (there are about 30 per call).
+        """
         dtype = self.final_proj.weight.dtype
         t_emb = self.time_mlp(timestep_embedding(t.to(dtype), self.in_channels))  # (B, 4*channels[0])
 
@@ -228,15 +236,15 @@ class ConditionalDecoder(nn.Module):
             parts.append(cond)
         # Stacked on channels; run in the weights' dtype (cond may arrive in float32).
         h = torch.cat([p.to(dtype) for p in parts], dim=1)
-        mask = mask.to(dtype)
+        mask = None if mask is None else mask.to(dtype)
 
         skips, masks = [], [mask]
         for resnet, blocks, downsample in self.down_blocks:
             m = masks[-1]
             h = _run_transformers(blocks, resnet(h, m, t_emb))
             skips.append(h)
-            h = downsample(h * m)
-            masks.append(m[:, :, ::2])
+            h = downsample(_masked(h, m))
+            masks.append(None if m is None else m[:, :, ::2])
         masks.pop()  # the last level does not downsample
 
         m = masks[-1]
@@ -248,6 +256,6 @@ class ConditionalDecoder(nn.Module):
             # Upsampling may overshoot an odd length by one frame: crop to the skip.
             h = torch.cat([h[:, :, : skip.size(-1)], skip], dim=1)
             h = _run_transformers(blocks, resnet(h, m, t_emb))
-            h = upsample(h * m)
+            h = upsample(_masked(h, m))
         h = self.final_block(h, m)
-        return self.final_proj(h * m) * mask
+        return _masked(self.final_proj(_masked(h, m)), mask)

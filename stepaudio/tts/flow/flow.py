@@ -124,6 +124,7 @@ class MaskedDiffWithXvec(nn.Module):
         c = self.prepare(token, prompt_token, prompt_feat, embedding, trace)
         if trace is not None:
             trace["conditions"] = c
-        mel = self.decoder(c.mu, c.mask, n_timesteps, temperature, spks=c.spks, cond=c.cond,
+        # Batch 1 has no padding (c.mask is all ones): the decoder skips the masking products.
+        mel = self.decoder(c.mu, None, n_timesteps, temperature, spks=c.spks, cond=c.cond,
                            noise=noise, generator=generator)
         return mel[:, :, c.mel_len1:]
