@@ -6,6 +6,8 @@ the streamed audio is within about 26-27 dB SNR of offline (max abs deviation ab
 of about 1) for the default, first=25, constant-20 and look-ahead 0/10 policies. All of it comes from
 the flow (full-sequence attention, the length regulator's sequence-wide GroupNorm and its length-
 dependent interpolation): with the offline mel fed in, the chunked vocoder path is at about 99 dB.
+Bounding the flow's re-read left context (``flow_context``, default 20 tokens) moves it by under 1 dB
+(26.1 dB at 20, 25.3 at 5, 26.8 with every released token).
 The thresholds below (20 dB, 60 dB) leave margin for other CPUs and thread counts.
 """
 
