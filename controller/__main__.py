@@ -19,7 +19,8 @@ def _config(args: argparse.Namespace) -> ControllerConfig:
         triton_url=args.triton, host=args.host, port=args.port, api_keys=tuple(k.strip() for k in keys),
         max_sessions=args.max_sessions, max_frame_bytes=args.max_frame_bytes,
         max_session_audio_s=args.max_session_audio_s, require_session_update=args.require_session_update,
-        vad_model=args.vad_model, pause_ms=args.pause_ms, speculation=not args.no_speculation,
+        ws_compress=args.ws_compress, vad_model=args.vad_model, vad_batch_ms=args.vad_batch_ms,
+        pause_ms=args.pause_ms, speculation=not args.no_speculation,
         speculate_tts=not args.no_speculate_tts, max_reply_tokens=args.max_reply_tokens,
         tts_max_new_tokens=args.tts_max_new_tokens or None, max_context_tokens=args.max_context_tokens,
         temperature=args.temperature, seed=args.seed, response_timeout_s=args.response_timeout_s,
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
     p.add_argument("--max-session-audio-s", type=float, default=d.max_session_audio_s)
     p.add_argument("--require-session-update", action="store_true", help="reject audio before session.update")
+    p.add_argument("--ws-compress", action="store_true", help="offer permessage-deflate (less bandwidth, more CPU)")
     p.add_argument("--vad-model", default=None, help="silero_vad.onnx (default: $SILERO_VAD_ONNX or the venv's copy)")
+    p.add_argument("--vad-batch-ms", type=int, default=d.vad_batch_ms,
+                   help="classify the sessions' VAD windows arriving within this long together (0: each at once)")
     p.add_argument("--pause-ms", type=int, default=d.pause_ms, help="silence that starts a speculative reply")
     p.add_argument("--no-speculation", action="store_true")
     p.add_argument("--no-speculate-tts", action="store_true", help="speculate the chat reply only, not its first TTS")

@@ -32,7 +32,7 @@ class ChatDelta:
     text: str
     token_count: int
     finish_reason: str  # "" until the last delta
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # the counts: on the last delta
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
 

@@ -23,6 +23,7 @@ from controller.clauses import ClausePolicy, ClauseSegmenter
 from controller.events import new_id
 
 log = logging.getLogger("controller.reply")
+CANCEL_RETRY_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,14 @@ class Reply:
         self._committed.set()
 
     async def cancel(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        while task is not None and not task.done():
+            task.cancel()
+            # Cancel again until it ends: a cancellation can be lost. Python 3.11's asyncio.wait_for (with which
+            # client.aio waits for each response) returns a response that arrives together with the
+            # cancellation and drops the cancellation, and the reply goes on; a speculation that is never
+            # committed then waits for its commit forever, and so would this (and the session behind it).
+            await asyncio.wait([task], timeout=CANCEL_RETRY_S)
 
     # -- the work ----------------------------------------------------------------------------------
     def _request_id(self, part: str) -> str:

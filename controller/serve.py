@@ -59,7 +59,7 @@ async def start(cfg: ControllerConfig, backend=None, vad=None, triton_wait_s: fl
     if cfg.open_access:
         log.warning("no API keys configured: anyone who can reach %s:%d may use this controller",
                     cfg.host, cfg.port)
-    vad = vad or SileroVad(cfg.vad_model)
+    vad = vad or SileroVad(cfg.vad_model, batch_window_s=cfg.vad_batch_ms / 1000)
     backend = backend or await connect_backend(cfg, triton_wait_s)
     server = ControllerServer(cfg, backend, vad)
     runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)

@@ -69,7 +69,7 @@ class ControllerServer:
             return self._reject(503, "session_limit", f"the server has its {self.cfg.max_sessions} sessions")
         protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         ws = web.WebSocketResponse(max_msg_size=4 * self.cfg.max_frame_bytes, heartbeat=HEARTBEAT_S,
-                                   protocols=[p for p in protocols if p == "realtime"])
+                                   protocols=[p for p in protocols if p == "realtime"], compress=self.cfg.ws_compress)
         await ws.prepare(request)
         beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "")
 

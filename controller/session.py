@@ -278,13 +278,21 @@ class Session:
         if len(x16) > THREAD_SAMPLES:
             probs = await asyncio.to_thread(self.vad.feed, x16)
         else:
-            probs = self.vad.feed(x16)
+            probs = await self.vad.feed_async(x16)  # batched with other sessions' windows (vad_batch_ms)
         for p in probs:
             self.vad_samples += WINDOW_SAMPLES
-            for action in self.machine.window(p, ms(self.vad_samples), WINDOW_MS):
-                await self._action(action)
-            if self.turn is not None and self.turn.current is not None:
-                self._push(self.turn, self.vad_samples)
+            actions = self.machine.window(p, ms(self.vad_samples), WINDOW_MS)
+            if actions:
+                # the run's audio is pushed once per append (below), not per window: before the actions it
+                # must hold the windows before this one, as if it had been
+                self._push_current(self.vad_samples - WINDOW_SAMPLES)
+                for action in actions:
+                    await self._action(action)
+        self._push_current(self.vad_samples)
+
+    def _push_current(self, upto: int) -> None:
+        if self.turn is not None and self.turn.current is not None:
+            self._push(self.turn, upto)
 
     async def _commit(self, ev: dict) -> None:
         if self.cfg.turn_detection is not None:

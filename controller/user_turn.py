@@ -40,12 +40,17 @@ class AudioLog:
             self.end += len(x)
 
     def slice(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) that the log still holds (the caller must not write to the result)."""
         parts = []
-        for s, x in self._chunks:
+        for s, x in reversed(self._chunks):  # newest first: pushes ask for the last append or two
+            if s + len(x) <= start:
+                break
             a, b = max(start, s), min(stop, s + len(x))
             if a < b:
                 parts.append(x[a - s : b - s])
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts[::-1]) if parts else np.zeros(0, np.float32)
 
     def trim(self, keep_from: int) -> None:
         while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= keep_from:

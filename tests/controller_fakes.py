@@ -47,6 +47,9 @@ class FakeVadStream:
         self._pending = buf[n * WINDOW_SAMPLES:]
         return probs
 
+    async def feed_async(self, audio_16k: np.ndarray) -> list[float]:
+        return self.feed(audio_16k)
+
 
 class FakeVad:
     def new_stream(self) -> FakeVadStream:

@@ -11,6 +11,7 @@ import pytest
 from controller import g711
 from controller.audio_io import AudioFormatError, InputAudio, OutputAudio
 from controller.resample import StreamingResampler
+from tests.conftest import ROOT
 
 # -- G.711 -------------------------------------------------------------------------------------------
 # Fixed points of ITU-T G.711 (as tabulated by the Sun reference implementation).
@@ -116,3 +117,60 @@ def test_output_audio_deltas_are_small_and_complete():
     assert np.all(np.abs(pcm - 8192) <= 12)  # the filter's pass-band ripple is about 0.1 %
     # the next utterance starts a fresh resampler (the previous one was flushed)
     assert len(out.convert(tts, 22050)) > 0
+
+
+# -- Silero VAD --------------------------------------------------------------------------------------
+def test_silero_stream_equals_window_by_window_in_any_chunking():
+    from controller.vad import CONTEXT_SAMPLES, STATE_SHAPE, WINDOW_SAMPLES, SileroVad, default_model_path
+
+    if not default_model_path().is_file():
+        pytest.skip(f"{default_model_path()} is missing (make setup)")
+    sf = pytest.importorskip("soundfile")
+    x, rate = sf.read(str(ROOT / "client" / "samples" / "demo_order.wav"), dtype="float32")
+    assert rate == 16000
+    vad = SileroVad()
+    # the reference: each 512-sample window after the last 64 samples of the one before (zeros at first)
+    state, context, ref = np.zeros(STATE_SHAPE, np.float32), np.zeros(CONTEXT_SAMPLES, np.float32), []
+    for k in range(len(x) // WINDOW_SAMPLES):
+        window = x[k * WINDOW_SAMPLES:(k + 1) * WINDOW_SAMPLES]
+        p, state = vad.run(np.concatenate([context, window])[None, :], state)
+        context = window[-CONTEXT_SAMPLES:]
+        ref.append(p)
+    assert max(ref) > 0.9 and min(ref) < 0.1  # speech and pauses
+    rng = np.random.default_rng(0)
+    for high in (300, 1600, 20000):
+        stream, got, i = vad.new_stream(), [], 0
+        while i < len(x):
+            n = int(rng.integers(1, high))
+            got += stream.feed(x[i:i + n])
+            i += n
+        assert got == ref
+
+
+def test_silero_batches_streams_and_gives_each_its_own_probabilities():
+    import asyncio
+
+    from controller.vad import SileroVad, default_model_path
+
+    if not default_model_path().is_file():
+        pytest.skip(f"{default_model_path()} is missing (make setup)")
+    sf = pytest.importorskip("soundfile")
+    clips = [sf.read(str(ROOT / "client" / "samples" / f"demo_{n}.wav"), dtype="float32")[0]
+             for n in ("order", "weather", "bargein")]
+    alone = [SileroVad().new_stream().feed(x) for x in clips]
+    vad = SileroVad(batch_window_s=0.005, batch_min_streams=2)
+
+    async def session(x, chunk):
+        stream, probs = vad.new_stream(), []
+        for i in range(0, len(x), chunk):
+            probs += await stream.feed_async(x[i:i + chunk])
+            await asyncio.sleep(0)  # the next append comes later
+        return probs
+
+    async def all_sessions():
+        return await asyncio.gather(*(session(x, c) for x, c in zip(clips, (1600, 1000, 2500), strict=True)))
+
+    together = asyncio.run(all_sessions())
+    assert together == alone
+    assert vad.batched_windows > sum(len(p) for p in alone) // 2  # (the first stream's first append ran alone)
+    assert vad.batches < vad.batched_windows  # windows of different streams shared runs of the model

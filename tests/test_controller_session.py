@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from controller import g711
+from controller.backend import ChatParams, TtsChunk, TtsParams
+from controller.reply import Reply, ReplyRequest
 from controller.turns import TurnState
-from tests.controller_fakes import FakeBackend, Harness, pcm16_b64, silence, speech
+from tests.controller_fakes import Call, FakeBackend, Harness, pcm16_b64, silence, speech
 
 
 def run(coro):
@@ -362,3 +364,39 @@ def test_semantic_vad_eagerness_sets_the_end_of_turn_silence(eagerness, silence_
 
     h = run(go())
     assert bool(h.of("input_audio_buffer.committed")) is responds
+
+
+class _CancelDroppingBackend(FakeBackend):
+    """Its TTS stream drops the first cancellation, as Python 3.11's asyncio.wait_for does when the awaited
+    response arrives together with it (client.aio waits for each response that way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tts_started = asyncio.Event()
+
+    def tts(self, text, params, request_id):
+        async def stream():
+            self.tts_started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                pass
+            yield TtsChunk(np.zeros(100, np.float32), 22050, "")
+            await asyncio.sleep(30)
+
+        self.calls.append(Call("tts", {"text": text}, request_id))
+        return stream()
+
+
+def test_a_dropped_cancellation_does_not_leave_a_speculation_waiting_forever():
+    async def go():
+        backend = _CancelDroppingBackend()
+        request = ReplyRequest(messages=[{"role": "user", "content": "hi"}], chat=ChatParams(), tts=TtsParams(),
+                               audio=True)
+        reply = Reply(backend, request, speculative=True).start()  # never committed
+        await backend.tts_started.wait()
+        canceller = asyncio.create_task(reply.cancel())
+        done, _ = await asyncio.wait([canceller], timeout=3)  # (not wait_for: cancelling it would end the reply)
+        assert canceller in done and reply.finished
+
+    run(go())
