@@ -70,3 +70,52 @@ class CancelBoard:
 
     def __len__(self) -> int:
         return len(self._running)
+
+
+class LoopThread:
+    """An asyncio event loop on a thread of its own, for a decoupled model with a synchronous ``execute``
+    that hands each request to a coroutine and returns at once.
+
+    Triton 2.51's ``async def execute`` keeps its loop thread alive through the stub's finalization (a
+    segfault at every unload was seen, "Cannot remove future from background" now and then); this loop is
+    the model's own, and ``close`` stops it before the interpreter goes away.
+    """
+
+    def __init__(self, name: str):
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro):
+        """Schedules ``coro`` on the loop (thread-safe); returns its concurrent future."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        import asyncio
+
+        async def cancel_all():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self.loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout_s)
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            self.loop.close()

@@ -83,5 +83,6 @@ def tiny_server(tiny_checkpoints, tmp_path_factory):
     cfg = load_config("cpu", tiny_checkpoints, ["chat_llm.max_batch_size=1", "tts_lm.max_batch_size=4"])
     repo = tmp_path_factory.mktemp("tiny-repo") / "model_repository"
     build_repository(cfg, repo)
-    with start_server(repo, timeout_s=300) as srv:
+    # the log stays in pytest's temporary folder (the last three runs are kept) for a failure's post-mortem
+    with start_server(repo, timeout_s=300, log_path=repo.parent / "tritonserver.log") as srv:
         yield srv

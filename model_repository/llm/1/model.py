@@ -10,7 +10,7 @@ import triton_python_backend_utils as pb_utils
 from client import tensors as T
 from stepaudio.llm.engine import RequestError
 from stepaudio.llm.sampling import SamplingError, SamplingParams
-from stepaudio.serving_utils import instance_device, model_parameters
+from stepaudio.serving_utils import LoopThread, instance_device, model_parameters
 
 log = logging.getLogger("llm")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -19,10 +19,11 @@ CANCEL_POLL_S = 0.05
 
 
 def _arrays(request, specs):
+    """Copies of the inputs: the request may be released once execute returns."""
     out = {}
     for spec in specs:
         t = pb_utils.get_input_tensor_by_name(request, spec.name)
-        out[spec.name] = None if t is None else t.as_numpy()
+        out[spec.name] = None if t is None else np.array(t.as_numpy(), copy=True)
     return out
 
 
@@ -69,6 +70,7 @@ class TritonPythonModel:
             engine = Engine(model, **engine_kwargs)
         self.tokenizer = TextTokenizer(p["checkpoint_dir"])
         self.engine = AsyncEngine(engine)
+        self.loop = LoopThread(f"{args['model_instance_name']}-serve")
         self.defaults = SamplingParams(
             temperature=float(p["default_temperature"]), top_k=int(p["default_top_k"]),
             top_p=float(p["default_top_p"]), max_new_tokens=int(p["default_max_new_tokens"]),
@@ -83,22 +85,24 @@ class TritonPythonModel:
         except Exception:
             log.warning("custom metrics unavailable")
 
-    async def execute(self, requests):
-        await asyncio.gather(*(self._serve(r) for r in requests))
+    def execute(self, requests):
+        # Decoupled: read each request's inputs here, then serve it on the model's own loop and return.
+        for request in requests:
+            sender = request.get_response_sender()
+            cancel_id = _arrays(request, (T.CANCEL_REQUEST_ID,))[T.CANCEL_REQUEST_ID.name]
+            if cancel_id is not None:  # a control request: no generation of its own
+                self.engine.cancel(cancel_id.reshape(-1)[0].decode("utf-8"))
+                sender.send(flags=FINAL)
+                continue
+            self.loop.submit(self._serve(sender, _arrays(request, self.specs)))
         return None
 
-    async def _serve(self, request):
+    async def _serve(self, sender, arrays):
         from stepaudio.llm.detokenize import IncrementalDetokenizer
         from stepaudio.llm.requests import parse_request
 
-        sender = request.get_response_sender()
-        cancel_id = _arrays(request, (T.CANCEL_REQUEST_ID,))[T.CANCEL_REQUEST_ID.name]
-        if cancel_id is not None:  # a control request: no generation of its own
-            self.engine.cancel(cancel_id.reshape(-1)[0].decode("utf-8"))
-            sender.send(flags=FINAL)
-            return
         try:
-            req = parse_request(_arrays(request, self.specs), self.mode, self.tokenizer, self.defaults)
+            req = parse_request(arrays, self.mode, self.tokenizer, self.defaults)
             stream = self.engine.generate_batches(req)
             batch = await anext(stream)  # RequestError surfaces here, before any response
         except (RequestError, SamplingError, ValueError) as exc:
@@ -106,7 +110,7 @@ class TritonPythonModel:
             return
         self._count()
         detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=True) if self.mode == "chat" else None
-        watcher = asyncio.create_task(self._watch_cancel(request, req.request_id))
+        watcher = asyncio.create_task(self._watch_cancel(sender, req.request_id))
         try:
             while True:  # one response per batch of ready events: a busy server sends fewer, larger ones
                 ev = batch[-1]
@@ -134,15 +138,19 @@ class TritonPythonModel:
         if self._gauge is not None:
             self._gauge.set(self.engine.active)
 
-    async def _watch_cancel(self, request, request_id):
+    async def _watch_cancel(self, sender, request_id):
         while True:
             await asyncio.sleep(CANCEL_POLL_S)
-            if request.is_cancelled():
+            if sender.is_cancelled():
                 self.engine.cancel(request_id)  # the stream then ends with finish_reason "cancelled"
                 return
 
     def finalize(self):
+        self.loop.close()
         self.engine.close()
         if self.tp_group is not None:
             self.engine.engine.shutdown()
             self.tp_group.wait()
+        # The stub's own teardown after this point has been seen to fault (no Python frame, every unload,
+        # harmless): the handler is for crashes while serving.
+        faulthandler.disable()

@@ -2,9 +2,9 @@
 cached) -> tts_lm token stream -> token2wav sequence -> audio chunks. Cancellation (by the client, or by a
 ``cancel_request_id`` request) stops tts_lm and frees the token2wav stream."""
 
-import asyncio
 import logging
 import secrets
+import time
 import types
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,15 +19,25 @@ from stepaudio.serving_utils import CancelBoard, model_parameters
 log = logging.getLogger("tts")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 START, END = 1, 2  # sequence flags of a BLS request
+CANCEL_POLL_S = 0.05  # how often a stream asks whether its client cancelled
 
 
-def _get(request, spec):
-    t = pb_utils.get_input_tensor_by_name(request, spec.name)
-    return None if t is None else t.as_numpy().reshape(-1)
+def _inputs(request):
+    """Copies of a request's inputs by name: the request may be released once execute returns."""
+    out = {}
+    for spec in T.TTS_INPUTS:
+        t = pb_utils.get_input_tensor_by_name(request, spec.name)
+        if t is not None:
+            out[spec.name] = np.array(t.as_numpy(), copy=True).reshape(-1)
+    return out
 
 
-def _text(request, spec):
-    v = _get(request, spec)
+def _get(inputs, spec):
+    return inputs.get(spec.name)
+
+
+def _text(inputs, spec):
+    v = _get(inputs, spec)
     return None if v is None else v[0].decode("utf-8")
 
 
@@ -76,45 +86,46 @@ class TritonPythonModel:
         self.cancels = CancelBoard()
         self.pool = ThreadPoolExecutor(max_workers=int(p["max_streams"]), thread_name_prefix="tts")
 
-    async def execute(self, requests):
-        # Each stream blocks a thread on its BLS calls; the default pool (cores + 4 threads) would queue
-        # streams, and the cancels meant for them, behind running ones. Cancels are served inline.
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self.pool, self._serve, r) for r in requests
-                               if not self._cancel(r)))
+    def execute(self, requests):
+        # Decoupled: each synthesis runs on a thread of the model's own pool (it blocks on BLS calls, so a
+        # small pool would queue streams, and the cancels meant for them, behind running ones) and execute
+        # returns at once. A control request (``cancel_request_id``) is served inline.
+        for request in requests:
+            inputs, sender = _inputs(request), request.get_response_sender()
+            if (target := _text(inputs, T.CANCEL_REQUEST_ID)) is not None:
+                self.cancels.cancel(target)
+                sender.send(flags=FINAL)
+            else:
+                self.pool.submit(self._serve, inputs, sender)
         return None
 
-    def _cancel(self, request):
-        """Serves a control request (``cancel_request_id``) at once; False for a synthesis request."""
-        if (target := _text(request, T.CANCEL_REQUEST_ID)) is None:
-            return False
-        self.cancels.cancel(target)
-        request.get_response_sender().send(flags=FINAL)
-        return True
-
-    def _voice(self, request, text):
-        clone = _get(request, T.CLONE_AUDIO)
+    def _voice(self, inputs, text):
+        clone = _get(inputs, T.CLONE_AUDIO)
         if clone is not None:
-            sr, transcript = _get(request, T.CLONE_SAMPLE_RATE_HZ), _text(request, T.CLONE_TEXT)
+            sr, transcript = _get(inputs, T.CLONE_SAMPLE_RATE_HZ), _text(inputs, T.CLONE_TEXT)
             if sr is None or transcript is None:
                 raise AudioInputError("clone_audio needs clone_sample_rate_hz and clone_text (its exact transcript)")
             return self.voices.clone(clone, int(sr[0]), transcript)
-        return self.voices.builtin(_text(request, T.TTS_SPEAKER) or self.p["default_speaker"], text)
+        return self.voices.builtin(_text(inputs, T.TTS_SPEAKER) or self.p["default_speaker"], text)
 
-    def _lm_tokens(self, request, prompt_ids, lm_id, stop):
+    def _lm_tokens(self, inputs, sender, prompt_ids, lm_id, stop):
         """Yields the batches of ids tts_lm streams; once ``stop`` is set, cancels it and drains the rest."""
-        inputs = [_tensor(T.PROMPT_IDS, prompt_ids, np.int32), pb_utils.Tensor(T.REQUEST_ID.name, np.array(
+        lm_inputs = [_tensor(T.PROMPT_IDS, prompt_ids, np.int32), pb_utils.Tensor(T.REQUEST_ID.name, np.array(
             [lm_id.encode()], dtype=np.object_))]
         for spec, dtype in ((T.SEED, np.int64), (T.MAX_NEW_TOKENS, np.int32), (T.TEMPERATURE, np.float32)):
-            if (v := _get(request, spec)) is not None:
-                inputs.append(_tensor(spec, v, dtype))
-        lm = pb_utils.InferenceRequest(model_name=T.TTS_LM, inputs=inputs, requested_output_names=[T.TOKEN_IDS.name])
-        cancelled = False
+            if (v := _get(inputs, spec)) is not None:
+                lm_inputs.append(_tensor(spec, v, dtype))
+        lm = pb_utils.InferenceRequest(model_name=T.TTS_LM, inputs=lm_inputs,
+                                       requested_output_names=[T.TOKEN_IDS.name])
+        cancelled, polled_s = False, time.monotonic()
         for response in lm.exec(decoupled=True):
             if response.has_error():
                 raise RuntimeError(f"tts_lm: {response.error().message()}")
-            if (request.is_cancelled() or stop.is_set()) and not cancelled:
-                stop.set()
+            if not cancelled and time.monotonic() - polled_s >= CANCEL_POLL_S:  # is_cancelled() is an IPC round trip
+                polled_s = time.monotonic()
+                if sender.is_cancelled():
+                    stop.set()
+            if stop.is_set() and not cancelled:
                 cancelled = True
                 cancel = pb_utils.Tensor(T.CANCEL_REQUEST_ID.name, np.array([lm_id.encode()], dtype=np.object_))
                 for _ in pb_utils.InferenceRequest(model_name=T.TTS_LM, inputs=[cancel],
@@ -137,11 +148,10 @@ class TritonPythonModel:
         [wav] = _call(T.TOKEN2WAV, inputs, [T.T2W_AUDIO.name], correlation_id=corrid, flags=flags)
         return wav.reshape(-1)
 
-    def _serve(self, request):
+    def _serve(self, inputs, sender):
         from stepaudio.tts.pipeline import TtsInputError, plan, token2wav_pushes
 
-        sender = request.get_response_sender()
-        rid = _text(request, T.REQUEST_ID) or uuid.uuid4().hex
+        rid = _text(inputs, T.REQUEST_ID) or uuid.uuid4().hex
         try:
             stop = self.cancels.register(rid)
         except ValueError as exc:
@@ -149,12 +159,12 @@ class TritonPythonModel:
             return
         corrid, opened = secrets.randbits(63) or 1, False
         try:
-            text = _text(request, T.TTS_TEXT) or ""
-            job = plan(self.tokenizer, text, self._voice(request, text))
-            stream = _get(request, T.TTS_STREAM)
-            seed = _get(request, T.SEED)
+            text = _text(inputs, T.TTS_TEXT) or ""
+            job = plan(self.tokenizer, text, self._voice(inputs, text))
+            stream = _get(inputs, T.TTS_STREAM)
+            seed = _get(inputs, T.SEED)
             held = []
-            lm = self._lm_tokens(request, job.prompt.ids, f"{rid}/tts_lm", stop)
+            lm = self._lm_tokens(inputs, sender, job.prompt.ids, f"{rid}/tts_lm", stop)
             for tokens, last in token2wav_pushes(lm, int(self.p["push_tokens"])):
                 if stop.is_set():
                     break
@@ -169,7 +179,7 @@ class TritonPythonModel:
                     held.append(wav)  # offline: one response at the end
                 elif wav.size:
                     sender.send(_audio_response(wav))
-            if request.is_cancelled():
+            if sender.is_cancelled():
                 sender.send(flags=FINAL)
             else:
                 sender.send(_audio_response(np.zeros(0, np.float32), "cancelled"), flags=FINAL)
