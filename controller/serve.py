@@ -26,9 +26,7 @@ class RunningController:
     port: int
 
     async def stop(self) -> None:
-        for session in list(self.server.sessions.values()):
-            session.queue.put_nowait(None)
-        await self.runner.cleanup()
+        await self.runner.cleanup()  # the server's on_shutdown closes the sessions and their WebSockets first
         await self.server.backend.close()
 
 

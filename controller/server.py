@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from controller.backend import Backend
 from controller.config import ControllerConfig
@@ -25,6 +25,7 @@ from controller.web import add_routes as add_web_routes
 log = logging.getLogger("controller.server")
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 HEARTBEAT_S = 30.0
+SHUTDOWN_SESSION_WAIT_S = 10.0  # at shutdown, how long sessions get to cancel their Triton requests
 
 
 class ControllerServer:
@@ -32,9 +33,11 @@ class ControllerServer:
         self.cfg, self.backend, self.vad = cfg, backend, vad
         self.metrics = metrics or Metrics()
         self.sessions: dict[str, Session] = {}
+        self._connections: dict[str, tuple[web.WebSocketResponse, asyncio.Task]] = {}
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
+        app.on_shutdown.append(self._on_shutdown)
         app.router.add_get("/v1/realtime", self._realtime)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
@@ -82,6 +85,7 @@ class ControllerServer:
         self.metrics.sessions.inc()
         log.info("session %s opened (%s, %d open)", session.id, "beta" if beta else "GA", len(self.sessions))
         runner = asyncio.create_task(session.run(), name=session.id)
+        self._connections[session.id] = (ws, runner)
         try:
             async for msg in ws:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -105,9 +109,29 @@ class ControllerServer:
             except Exception:
                 log.exception("session %s failed", session.id)
             self.sessions.pop(session.id, None)
+            self._connections.pop(session.id, None)
             log.info("session %s closed (%d open)", session.id, len(self.sessions))
             await ws.close()
         return ws
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        """Server shutdown: every session closes (cancelling what it runs in Triton, its open tokenizer
+        sequences included) before the backend goes, and its client is told (1001, going away). Without
+        this, aiohttp waits for each WebSocket handler, that is for the client, up to its shutdown timeout."""
+        connections = list(self._connections.items())
+        if not connections:
+            return
+        log.info("shutting down: closing %d session(s)", len(connections))
+        for sid, _ in connections:
+            session = self.sessions.get(sid)
+            if session is not None:
+                session.queue.put_nowait(None)
+        _done, late = await asyncio.wait([r for _, (_, r) in connections], timeout=SHUTDOWN_SESSION_WAIT_S)
+        for runner in late:
+            log.warning("session %s did not close within %.0f s of shutdown", runner.get_name(),
+                        SHUTDOWN_SESSION_WAIT_S)
+        await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+                               for _, (ws, _) in connections), return_exceptions=True)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         health = await self.backend.health()

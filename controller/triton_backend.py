@@ -108,9 +108,9 @@ class TritonTokenizerStream:
                   _inp(T.STREAM_SAMPLE_RATE_HZ.name, "INT32", np.array([[TOKENIZER_RATE_HZ]], np.int32))]
         if cancel:
             inputs.append(_inp(T.STREAM_CANCEL.name, "BOOL", np.array([[True]], np.bool_)))
+        start, self._started = not self._started, True  # the server may know the sequence even if this fails
         res = await self._backend.client.infer(T.AUDIO_TOKENIZER_STREAM, inputs, sequence_id=self.stream_id,
-                                               sequence_start=not self._started, sequence_end=end)
-        self._started = True
+                                               sequence_start=start, sequence_end=end)
         self._n_sent += len(chunk)
         if end:
             self._closed = True

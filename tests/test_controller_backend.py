@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
+from controller.backend import BackendError
 from controller.triton_backend import TOKENIZER_STRIDE_SAMPLES, TritonBackend
+from tests.controller_fakes import FakeBackend, Harness, silence, speech
 
 
 class _Result:
@@ -23,12 +26,16 @@ class ScriptedClient:
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self._n = 0
+        self.fail: set[int] = set()  # these requests (by index) get an error
 
     async def infer(self, model, inputs, sequence_id, sequence_start, sequence_end):
         audio = np.frombuffer(inputs[0]._get_content(), np.float32)
         cancel = any(i.name() == "cancel" for i in inputs)
-        self.requests.append({"audio": audio.copy(), "start": sequence_start, "end": sequence_end, "cancel": cancel})
+        self.requests.append({"audio": audio.copy(), "start": sequence_start, "end": sequence_end, "cancel": cancel,
+                              "id": sequence_id})
         await asyncio.sleep(0)
+        if len(self.requests) - 1 in self.fail:
+            raise RuntimeError("refused")
         done = (self._n + len(audio)) // 1920 - self._n // 1920
         self._n += len(audio)
         return _Result(np.arange(done, dtype=np.int32))
@@ -128,3 +135,72 @@ def test_cancel_by_id_sends_the_cancel_request_and_waits_for_the_empty_final_res
     expected = _str_input(CANCEL_INPUT, "reply_1-tts0")  # as tritonclient builds it
     assert (tensor.name, tensor.datatype, list(tensor.shape)) == (expected.name(), "BYTES", expected.shape())
     assert seen[0].raw_input_contents == [expected._get_content()]
+
+
+def test_a_failed_first_request_still_ends_the_sequence():
+    """The server saw the START even though it answered with an error: the sequence is ended (cancelled), not
+    left to Triton's idle timeout."""
+    async def go():
+        backend, client = _backend()
+        client.fail = {0}
+        stream = backend.open_tokenizer_stream()
+        stream.push(np.zeros(TOKENIZER_STRIDE_SAMPLES, np.float32))
+        await _settle()
+        with pytest.raises(BackendError, match="refused"):
+            await stream.finish()
+        assert [(r["start"], r["end"], r["cancel"]) for r in client.requests] == [(True, False, False),
+                                                                                 (False, True, True)]
+        assert backend.open_streams() == 0
+
+    asyncio.run(go())
+
+
+class _TritonTokenizerBackend(FakeBackend):
+    """The fake backend, but user speech goes through the real TritonTokenizerStream to a scripted client."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.triton, self.client = _backend()
+
+    def open_tokenizer_stream(self):
+        return self.triton.open_tokenizer_stream()
+
+
+def _open_sequences(client: ScriptedClient) -> set:
+    started = {r["id"] for r in client.requests if r["start"]}
+    return started - {r["id"] for r in client.requests if r["end"]}
+
+
+async def _timeline(h: Harness, name: str) -> None:
+    vad_off = {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+    if name == "manual":
+        await h.send(vad_off)
+    if name == "barge_in":
+        h.backend.tts_gate = asyncio.Event()  # the reply is still playing when the user speaks again
+    await h.audio(speech(1500))
+    if name in ("paused", "resumed", "barge_in", "next_turn"):
+        await h.audio(silence(300 if name in ("paused", "resumed") else 800))
+    if name in ("resumed", "barge_in", "next_turn"):
+        await h.audio(speech(800))
+    if name == "cleared":
+        await h.send({"type": "input_audio_buffer.clear"})
+        await h.audio(speech(800))
+    if name == "to_manual":
+        await h.send(vad_off)
+        await h.audio(speech(600))
+
+
+@pytest.mark.parametrize("name", ["speaking", "paused", "resumed", "barge_in", "next_turn", "cleared", "manual",
+                                  "to_manual"])
+def test_every_tokenizer_sequence_a_session_starts_is_ended_when_it_closes(name):
+    """Sessions closed (as on a client's disconnect) in each state a speech run can be in: no sequence stays
+    open in the tokenizer for its idle timeout to expire."""
+    async def go():
+        backend = _TritonTokenizerBackend()
+        async with Harness(backend) as h:
+            await _timeline(h, name)
+            assert backend.client.requests  # the timeline did start a sequence
+        assert _open_sequences(backend.client) == set()
+        assert backend.triton.open_streams() == 0
+
+    asyncio.run(asyncio.wait_for(go(), 30))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -110,3 +111,33 @@ def test_healthz_and_metrics():
         for name in ("controller_sessions_active", "controller_turns_total", "controller_speculation_total",
                      "controller_stage_latency_seconds_bucket", "controller_triton_streams_open"):
             assert name in text
+
+
+def test_shutdown_closes_a_speaking_session_and_its_tokenizer_stream_at_once():
+    """Stopping the server while a client is connected, mid-utterance: the session is closed (its open
+    tokenizer stream cancelled) before the backend goes, and the client gets 1001 at once, instead of
+    aiohttp waiting for the WebSocket handler (the client) up to its 60 s shutdown timeout."""
+    backend = FakeBackend()
+    c = ControllerThread(ControllerConfig(port=0), backend=backend, vad=FakeVad())
+    c.__enter__()
+
+    async def go():
+        async with websockets.connect(f"ws://127.0.0.1:{c.port}/v1/realtime") as ws:
+            await recv_type(ws, "session.created")
+            x = speech(600)
+            for i in range(0, len(x), 2400):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16_b64(x[i:i + 2400])}))
+            await recv_type(ws, "input_audio_buffer.speech_started")
+            assert backend.open == 1  # the speech run's tokenizer stream
+            t0 = time.monotonic()
+            await asyncio.wait_for(asyncio.to_thread(c.stop), 10)
+            assert time.monotonic() - t0 < 5
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await recv_type(ws, "never")
+            assert closed.value.rcvd.code == 1001
+
+    try:
+        asyncio.run(go())
+    finally:
+        c.stop()
+    assert backend.open == 0 and backend.tokenizer_cancels == 1
