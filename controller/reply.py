@@ -85,6 +85,8 @@ class Reply:
         self.t_first_audio: float | None = None
         self.finished = False
         self.error: str | None = None
+        self.clauses = 0  # spoken (TTS requested)
+        self.silent_clauses = 0  # whose TTS returned no samples
         self._task: asyncio.Task | None = None
 
     def start(self) -> Reply:
@@ -151,6 +153,7 @@ class Reply:
             async with contextlib.aclosing(stream):
                 async for d in stream:
                     self._note_chat(d, usage)
+                    result["text"] += d.text
                     for c in seg.feed(d.text):
                         clauses.put_nowait(c)
                     if d.finish_reason:
@@ -164,7 +167,7 @@ class Reply:
 
     async def _speak(self, usage: dict[str, int]) -> str:
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
-        result: dict[str, Any] = {"reason": "stop"}
+        result: dict[str, Any] = {"reason": "stop", "text": ""}
         chat = asyncio.create_task(self._chat_clauses(clauses, usage, result))
         try:
             n = 0
@@ -175,17 +178,28 @@ class Reply:
                 self.outputs.put_nowait(TextOut(clause))
                 log.debug("%s: tts of clause %d (%d chars)", self.id, n, len(clause))
                 stream = self.backend.tts(clause, self.request.tts, self._request_id(f"tts{n}"))
+                samples, tts_reason = 0, ""
                 async with contextlib.aclosing(stream):
                     async for chunk in stream:
+                        tts_reason = chunk.finish_reason or tts_reason
                         if len(chunk.audio):
+                            samples += len(chunk.audio)
                             if self.t_first_audio is None:
                                 self.t_first_audio = time.perf_counter() - self.t_start
                             self.outputs.put_nowait(AudioOut(chunk.audio, chunk.sample_rate_hz))
+                if samples == 0:  # the TTS LM gave no audio tokens (the random tiny one can): the clause is silent
+                    self.silent_clauses += 1
+                    log.warning("%s: the TTS of clause %d (%r) returned no audio (finish_reason %r)", self.id, n,
+                                clause, tts_reason)
                 self.outputs.put_nowait(ClauseEnd(clause))
                 n += 1
+                self.clauses = n
             await chat
             if "error" in result:
                 raise result["error"]
+            if n == 0:
+                log.warning("%s: the reply has no speakable text (chat text %r): no TTS ran, the response has "
+                            "no audio", self.id, result["text"])
             return result["reason"]
         finally:
             if not chat.done():

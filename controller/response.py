@@ -165,6 +165,12 @@ class ActiveResponse:
         it = self.item
         it.status = "completed" if status == "completed" else "incomplete"
         it.text, it.audio_ms, it.segments = self.text, self.out.duration_ms, list(self.segments)
+        if self.audio and status == "completed" and self.out.duration_ms == 0:
+            log.warning("response %s (%s) completed without audio: %d clause(s) spoken, %d of them silent, "
+                        "transcript %r", self.id, self.reply.id, self.reply.clauses, self.reply.silent_clauses,
+                        self.text)
+        elif status == "failed":
+            log.warning("response %s (%s) failed: %s", self.id, self.reply.id, details)
         try:
             if self.audio:
                 await self._send(event("response.output_audio.done", **self._ids()))

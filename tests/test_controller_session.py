@@ -400,3 +400,34 @@ def test_a_dropped_cancellation_does_not_leave_a_speculation_waiting_forever():
         assert canceller in done and reply.finished
 
     run(go())
+
+
+def test_a_silent_reply_says_why_in_the_log(caplog):
+    """A reply with no audio completes, and the log says why: the clause's TTS gave no samples (the random tiny
+    TTS LM can), or the chat text had nothing to speak (whitespace only: no TTS ran)."""
+    async def one_turn(backend):
+        async with Harness(backend) as h:
+            await h.audio(speech(1000))
+            await h.audio(silence(800))
+            done = await h.wait_for("response.done")
+            return h, done
+
+    with caplog.at_level("WARNING", logger="controller"):
+        h, done = run(one_turn(FakeBackend(reply_text=("Hello", " there."), tts_chunks=0)))
+    assert done["response"]["status"] == "completed" and not h.of("response.output_audio.delta")
+    assert h.of("response.output_audio_transcript.done")[0]["transcript"] == "Hello there."  # text, no audio
+    assert "the TTS of clause 0 ('Hello there.') returned no audio (finish_reason 'stop')" in caplog.text
+    assert "completed without audio: 1 clause(s) spoken, 1 of them silent" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="controller"):
+        h, done = run(one_turn(FakeBackend(reply_text=(" ", "\n"))))
+    assert done["response"]["status"] == "completed" and not h.of("response.output_audio.delta")
+    assert not [c for c in h.backend.calls if c.kind == "tts"]
+    assert "no speakable text (chat text ' \\n')" in caplog.text
+    assert "completed without audio: 0 clause(s) spoken" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="controller"):
+        _h, done = run(one_turn(FakeBackend()))
+    assert done["response"]["status"] == "completed" and "without audio" not in caplog.text

@@ -23,7 +23,11 @@
     audioDeltas: 0, bytesReceived: 0, bytesPlayed: 0,
     userTranscripts: 0, assistantTranscripts: 0, assistantTextChars: 0,
     bargeIns: 0, truncates: 0, truncated: 0, lastTruncate: null, lastLatencyMs: null, errors: [], closeCode: null,
+    // each finished response: { id, status, audioDeltas, transcriptChars, error }, so a reply that
+    // ends with no audio says whether it failed or completed silent
+    responsesFinished: [],
   };
+  const audioDeltasOf = new Map(); // response id -> audio deltas received
   window.demoStats = stats;
 
   let ctx = null; // AudioContext
@@ -120,6 +124,7 @@
   function play(itemId, responseId, b64) {
     const bytes = fromBase64(b64);
     stats.audioDeltas += 1;
+    audioDeltasOf.set(responseId, (audioDeltasOf.get(responseId) || 0) + 1);
     stats.bytesReceived += bytes.length;
     if (!ctx || interrupted.has(itemId) || bytes.length < 2) return;
     const n = bytes.length >> 1;
@@ -267,6 +272,15 @@
         stats.responsesDone += 1;
         responseActive = false;
         const r = ev.response || {};
+        const out = (r.output || [])[0] || {};
+        const part = (out.content || [])[0] || {};
+        const err = r.status_details && r.status_details.error;
+        stats.responsesFinished.push({
+          id: r.id, status: r.status, audioDeltas: audioDeltasOf.get(r.id) || 0,
+          transcriptChars: (part.transcript ?? part.text ?? "").length,
+          error: err ? err.message || err.code || "error" : null,
+        });
+        audioDeltasOf.delete(r.id);
         if (r.status === "cancelled") {
           for (const out of r.output || []) {
             const el = entries.get(out.id);
