@@ -146,14 +146,17 @@ def user_items(c: ControllerThread) -> list:
 
 
 # Seen twice in full CI runs (never alone, 4 isolated passes): the reply completed with text but no audio
-# delta. The cause is not pinned down yet (a silent reply of the random tiny models for that input, or an
-# ordering effect of earlier tests); kept visible as a non-strict xfail until it is.
+# delta. Candidates: the reply failed (a TTS stream silent for response_timeout_s under full-suite load;
+# now 120 s here) or a clause's TTS came back silent (the random tiny TTS LM; the controller now logs it
+# and the page's demoStats.responsesFinished, dumped on a timeout, says which). Kept as a non-strict xfail
+# until a failing run shows which.
 @pytest.mark.xfail(strict=False, reason="full-suite runs saw a reply with no audio; cause not pinned down")
 def test_spoken_turn_through_triton_plays_the_reply_and_shows_transcripts(tiny_server, webdriver, tmp_path):
     """The real stack: Chromium's microphone -> page -> controller -> tiny tritonserver -> page's speakers."""
     wav, _speech_s = mic_wav(tmp_path, PROMPT, lead_s=1.5, tail_s=1.0)
+    # response_timeout_s: a busy CI machine (the full suite) must not fail the reply on a slow TTS stream
     cfg = ControllerConfig(triton_url=tiny_server.grpc_url, port=0, max_reply_tokens=8, tts_max_new_tokens=TTS_TOKENS,
-                           seed=0)
+                           seed=0, response_timeout_s=120.0)
     with ControllerThread(cfg) as c, chromium(webdriver, wav, loop=False) as driver:
         t0 = time.monotonic()
         start(driver, c.port)
