@@ -195,7 +195,7 @@ def instrumented(engine, model) -> Iterator[Timers]:
     t.wrap_attr(engine, "_accept", "accept")
     t.wrap_attr(engine.cache, "lookup", "cache_lookup")
     t.wrap_attr(engine.cache, "insert", "cache_insert")
-    t.wrap_attr(engine_mod, "sample", "sampling")
+    t.wrap_attr(engine_mod, "sample_rows", "sampling")
     t.wrap_attr(model_mod, "attention_bias", "alibi_bias")
 
     fwd = model.forward
