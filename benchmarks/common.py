@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -313,3 +314,37 @@ def speech_workload(seconds: float, seed: int = 0, use_espeak: bool = True) -> t
             i += 1
         return np.concatenate(parts)[:n], f"espeak-ng ({espeak_version()}), sentences from #{seed}, sox to 16 kHz"
     return synthetic_speech(seconds, seed), f"synthetic speech-like signal, seed {seed}"
+
+
+def csv_of(kind):
+    """argparse type: a comma-separated list of ``kind`` values ("1,2,4" -> [1, 2, 4])."""
+    return lambda s: [kind(x) for x in s.split(",") if x.strip()]
+
+
+def model_cpu_s(pgid: int | None) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the live processes in process group ``pgid`` (tritonserver and
+    its Python-backend stubs: the launcher starts it in its own session), by model: the stub's instance name
+    ``<model>_<i>_<j>`` on its command line; ``tritonserver`` for the server itself."""
+    if not pgid:
+        return {}
+    out: dict[str, float] = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after the name: state ppid pgrp ... utime(11) stime(12)
+            if int(fields[2]) != pgid:
+                continue
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        name = "tritonserver"
+        for a in argv:
+            m = re.fullmatch(rb"(\w+?)_\d+_\d+", a)
+            if m and b"triton_python_backend_stub" in argv[0]:
+                name = m.group(1).decode()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tck
+    return out

@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, machine_info, percentiles, write_result
+from benchmarks.common import RESULTS_DIR, csv_of, machine_info, model_cpu_s, percentiles, write_result
 
 NAME = "concurrency_bench"
 GOAL_SESSIONS = 16
@@ -52,34 +52,6 @@ def log(msg: str) -> None:
 
 
 # -- CPU per Triton model ----------------------------------------------------------------------------
-def model_cpu_s(pgid: int | None) -> dict[str, float]:
-    """CPU seconds so far of every process in the server's group, by model (the stub's instance name
-    ``<model>_<i>_<j>`` on its command line; ``tritonserver`` for the server itself)."""
-    if not pgid:
-        return {}
-    out: dict[str, float] = {}
-    tck = os.sysconf("SC_CLK_TCK")
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:
-                continue
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        name = "tritonserver"
-        for a in argv:
-            m = re.fullmatch(rb"(\w+?)_\d+_\d+", a)
-            if m and b"triton_python_backend_stub" in argv[0]:
-                name = m.group(1).decode()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tck
-    return out
-
-
 def _metric(text: str, name: str, labels: str = "") -> float:
     m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
@@ -254,13 +226,9 @@ def plot(levels: list[dict], args, held: int, path: Path) -> Path | None:
 
 
 # -- main ---------------------------------------------------------------------------------------------
-def _csv(kind):
-    return lambda s: [kind(x) for x in s.split(",") if x]
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.concurrency_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sessions", type=_csv(int), default=[1, 2, 4, 8, 12, 16, 24, 32])
+    p.add_argument("--sessions", type=csv_of(int), default=[1, 2, 4, 8, 12, 16, 24, 32])
     p.add_argument("--turns-min", type=int, default=2, help="turns per session")
     p.add_argument("--turns-total-min", type=int, default=6, help="at least this many turns per level")
     p.add_argument("--frame-ms", type=int, default=100)

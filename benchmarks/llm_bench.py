@@ -58,6 +58,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     SENTENCES,
     BackgroundLoad,
+    csv_of,
     machine_info,
     peak_rss_mb,
     percentiles,
@@ -758,20 +759,16 @@ def plot(results: dict, args, path: Path) -> Path | None:
     return path
 
 
-def _csv(kind):
-    return lambda s: [kind(x) for x in s.split(",") if x]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.llm_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--presets", type=_csv(str), default=["tiny", "100m"], help="tiny,100m")
+    p.add_argument("--presets", type=csv_of(str), default=["tiny", "100m"], help="tiny,100m")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--name", default=NAME, help="result file name (without .json)")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="use DIR/<preset>/Step-Audio-Chat when present (else written to a temporary folder)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--concurrency", type=_csv(int), default=[1, 4, 16])
+    p.add_argument("--concurrency", type=csv_of(int), default=[1, 4, 16])
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--decode-repeats", type=int, default=3)

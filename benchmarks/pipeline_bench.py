@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, machine_info, percentiles, write_result
+from benchmarks.common import RESULTS_DIR, csv_of, machine_info, percentiles, write_result
 
 NAME = "pipeline_bench"
 RATE_HZ = 16000
@@ -348,13 +348,9 @@ def plot(results: dict, path: Path) -> Path | None:
 
 
 # -- main ---------------------------------------------------------------------------------------------
-def _csv(kind):
-    return lambda s: [kind(x) for x in s.split(",") if x]
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", type=_csv(str), default=["audio_only"], help="stock,audio_only (one server each)")
+    p.add_argument("--variants", type=csv_of(str), default=["audio_only"], help="stock,audio_only (one server each)")
     p.add_argument("--repeats", type=int, default=3, help="passes over the utterances")
     p.add_argument("--utterances", type=int, default=len(UTTERANCES))
     p.add_argument("--max-new-tokens", type=int, default=32, help="chat tokens per reply")

@@ -44,6 +44,7 @@ from benchmarks.common import (
     SENTENCES,
     BackgroundLoad,
     audio_digest,
+    csv_of,
     espeak_available,
     espeak_speech,
     espeak_version,
@@ -217,14 +218,10 @@ def segment_compute_ms(tok, audio: np.ndarray, segments: list[int], reps: int = 
 
 
 # -- main --------------------------------------------------------------------------------------------
-def _csv(kind):
-    return lambda s: [kind(x) for x in s.split(",") if x.strip()]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.segment_sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--segments", type=_csv(int), default=list(SEGMENTS_MS), help="L values (ms)")
-    p.add_argument("--norms", type=_csv(str), default=list(NORMS), help="running,utterance")
+    p.add_argument("--segments", type=csv_of(int), default=list(SEGMENTS_MS), help="L values (ms)")
+    p.add_argument("--norms", type=csv_of(str), default=list(NORMS), help="running,utterance")
     p.add_argument("--full", action="store_true", help="also the full-size random-weight checkpoints (slow)")
     p.add_argument("--utterances", type=int, default=len(UTTERANCES), help="how many speech utterances (1-3)")
     p.add_argument("--no-espeak", action="store_true", help="use seeded synthetic signals instead of espeak-ng")

@@ -42,6 +42,7 @@ from benchmarks.common import (
     SAMPLE_RATE_HZ,
     BackgroundLoad,
     audio_digest,
+    csv_of,
     machine_info,
     parallel_speedup,
     peak_rss_mb,
@@ -366,22 +367,18 @@ def spawn_worker(spec: dict, timeout_s: float) -> dict:
     return json.loads(out.read_text())
 
 
-def _csv(kind):
-    return lambda s: [kind(x) for x in s.split(",") if x.strip()]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tokenizer_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=_csv(str), default=["tiny", "full"], help="tiny,full")
+    p.add_argument("--sizes", type=csv_of(str), default=["tiny", "full"], help="tiny,full")
     p.add_argument("--seconds", type=float, default=20.0, help="workload length (s)")
     p.add_argument("--chunk-ms", type=int, default=100, help="streaming chunk (ms)")
-    p.add_argument("--threads", type=_csv(int), default=[1, 2], help="torch thread counts, e.g. 1,2")
+    p.add_argument("--threads", type=csv_of(int), default=[1, 2], help="torch thread counts, e.g. 1,2")
     p.add_argument("--onnx-threads", type=int, default=1, help="onnxruntime intra-op threads (deploy default 1)")
     p.add_argument("--warmup-s", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0, help="first espeak sentence / synthetic seed")
     p.add_argument("--no-espeak", action="store_true", help="use the seeded synthetic signal")
     p.add_argument("--no-triton", action="store_true", help="skip the tritonserver measurements")
-    p.add_argument("--triton-streams", type=_csv(int), default=[1, 4])
+    p.add_argument("--triton-streams", type=csv_of(int), default=[1, 4])
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep/reuse checkpoints in DIR/<size>/Step-Audio-Tokenizer (default: a temp dir)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)

@@ -60,8 +60,10 @@ import numpy as np
 from benchmarks.common import (
     RESULTS_DIR,
     cpu_busy_s,
+    csv_of,
     git_info,
     machine_info,
+    model_cpu_s,
     own_cpu_s,
     peak_rss_mb,
     percentiles,
@@ -92,22 +94,8 @@ def log(msg: str) -> None:
 # load on the machine: ours, the server's, everyone else's
 # =================================================================================================
 def group_cpu_s(pgid: int | None) -> float:
-    """CPU seconds (user + system) of the live processes in process group ``pgid`` (the server and its
-    Python-backend stubs: the launcher starts it in its own session)."""
-    if not pgid:
-        return 0.0
-    total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) of the live processes in process group ``pgid``, all models together."""
+    return sum(model_cpu_s(pgid).values())
 
 
 class Load:
@@ -603,22 +591,18 @@ def summary(results: dict) -> dict:
     return out
 
 
-def _csv(kind):
-    return lambda s: [kind(x) for x in s.split(",") if x.strip()]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tts_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", type=_csv(str), default=["triton", "token2wav"], help="triton,token2wav")
+    p.add_argument("--parts", type=csv_of(str), default=["triton", "token2wav"], help="triton,token2wav")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--name", default=NAME, help="result file name (without .json)")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="keep/reuse checkpoints in DIR/tiny (all tiny components) and DIR/full/CosyVoice-300M-25Hz")
     p.add_argument("--seed", type=int, default=1, help="first request seed; token2wav workload and noise seed")
     # triton
-    p.add_argument("--variants", type=_csv(str), default=["stock", "audio_only"], help="stock,audio_only")
+    p.add_argument("--variants", type=csv_of(str), default=["stock", "audio_only"], help="stock,audio_only")
     p.add_argument("--url", default=None, help="benchmark this running server (HOST:GRPC_PORT) instead")
-    p.add_argument("--concurrency", type=_csv(int), default=[1, 4])
+    p.add_argument("--concurrency", type=csv_of(int), default=[1, 4])
     p.add_argument("--repeats", type=int, default=3, help="passes over the texts at each concurrency")
     p.add_argument("--texts", type=lambda s: [t for t in s.split("|") if t], default=list(TEXTS),
                    help="texts separated by |")
@@ -632,7 +616,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a request with no response for this long counts as failed")
     # token2wav
     p.add_argument("--t2w-size", choices=("full", "tiny"), default="full")
-    p.add_argument("--threads", type=_csv(int), default=[2], help="torch and ONNX Runtime threads, e.g. 1,2")
+    p.add_argument("--threads", type=csv_of(int), default=[2], help="torch and ONNX Runtime threads, e.g. 1,2")
     p.add_argument("--speech-s", type=float, default=10.0, help="speech tokens to synthesise (seconds)")
     p.add_argument("--prompt-s", type=float, default=3.0, help="voice prompt length (seconds)")
     p.add_argument("--push-tokens", type=int, default=5, help="tokens per push into the stream")
