@@ -39,6 +39,7 @@ def build_inputs(
     top_p: float | None = None,
     seed: int | None = None,
     request_id: str | None = None,
+    min_tokens_per_response: int | None = None,
 ) -> list[grpcclient.InferInput]:
     inputs = []
     if messages is not None:
@@ -47,7 +48,8 @@ def build_inputs(
     if prompt_ids is not None:
         inputs.append(_inp(T.PROMPT_IDS, np.asarray(prompt_ids, dtype=np.int32)))
     for spec, value, dtype in ((T.MAX_NEW_TOKENS, max_new_tokens, np.int32), (T.TEMPERATURE, temperature, np.float32),
-                               (T.TOP_K, top_k, np.int32), (T.TOP_P, top_p, np.float32), (T.SEED, seed, np.int64)):
+                               (T.TOP_K, top_k, np.int32), (T.TOP_P, top_p, np.float32), (T.SEED, seed, np.int64),
+                               (T.MIN_TOKENS_PER_RESPONSE, min_tokens_per_response, np.int32)):
         if value is not None:
             inputs.append(_inp(spec, np.array([value], dtype=dtype)))
     if request_id is not None:

@@ -59,8 +59,11 @@ REQUEST_ID = TensorSpec("request_id", "TYPE_STRING", (1,), optional=True)
 # first is kept for 30 s); it gets one empty final response. It reaches streams started through BLS,
 # which Triton 2.51 cannot cancel otherwise.
 CANCEL_REQUEST_ID = TensorSpec("cancel_request_id", "TYPE_STRING", (1,), optional=True)
+# Responses carry at least this many new ids (the last one may carry fewer): a consumer that works in
+# groups (tts pushes 5 speech tokens at a time) asks for them, instead of one IPC round trip per id.
+MIN_TOKENS_PER_RESPONSE = TensorSpec("min_tokens_per_response", "TYPE_INT32", (1,), optional=True)
 LLM_INPUTS = (PROMPT_IDS, MESSAGES_JSON, MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P, SEED, REQUEST_ID,
-              CANCEL_REQUEST_ID)
+              CANCEL_REQUEST_ID, MIN_TOKENS_PER_RESPONSE)
 TOKEN_IDS = TensorSpec("token_ids", "TYPE_INT32", (-1,))  # ids new in this response
 TEXT_DELTA = TensorSpec("text_delta", "TYPE_STRING", (1,))  # UTF-8 text new in this response (chat)
 FINISH_REASON = TensorSpec("finish_reason", "TYPE_STRING", (1,))  # "" until the last response
@@ -77,9 +80,13 @@ CLONE_AUDIO = TensorSpec("clone_audio", "TYPE_FP32", (-1,), optional=True)
 CLONE_SAMPLE_RATE_HZ = TensorSpec("clone_sample_rate_hz", "TYPE_INT32", (1,), optional=True)
 CLONE_TEXT = TensorSpec("clone_text", "TYPE_STRING", (1,), optional=True)
 TTS_STREAM = TensorSpec("stream", "TYPE_BOOL", (1,), optional=True)  # false: one chunk at the end
+# Speech tokens before this request's first audio (default: the deployment's token2wav first chunk). A
+# larger first chunk means fewer flow runs (each re-reads the voice prompt) but later first audio: worth
+# it when the listener already has audio queued, e.g. for a reply's later clauses.
+FIRST_CHUNK_TOKENS = TensorSpec("first_chunk_tokens", "TYPE_INT32", (1,), optional=True)
 # request_id / cancel_request_id: as for the LLMs; cancelling a tts request also stops its tts_lm stream.
 TTS_INPUTS = (TTS_TEXT, TTS_SPEAKER, CLONE_AUDIO, CLONE_SAMPLE_RATE_HZ, CLONE_TEXT, TTS_STREAM, SEED,
-              MAX_NEW_TOKENS, TEMPERATURE, REQUEST_ID, CANCEL_REQUEST_ID)
+              MAX_NEW_TOKENS, TEMPERATURE, REQUEST_ID, CANCEL_REQUEST_ID, FIRST_CHUNK_TOKENS)
 AUDIO_OUT = TensorSpec("audio", "TYPE_FP32", (-1,))  # mono PCM in [-1, 1]
 AUDIO_SAMPLE_RATE_HZ = TensorSpec("sample_rate_hz", "TYPE_INT32", (1,))
 TTS_OUTPUTS = (AUDIO_OUT, AUDIO_SAMPLE_RATE_HZ, FINISH_REASON)
@@ -99,7 +106,9 @@ PROMPT_FLOW_TOKENS = TensorSpec("prompt_flow_tokens", "TYPE_INT32", (-1,), optio
 PROMPT_MEL = TensorSpec("prompt_mel", "TYPE_FP32", (-1,), optional=True, ragged=True)  # (frames * 80,)
 PROMPT_EMBEDDING = TensorSpec("prompt_embedding", "TYPE_FP32", (192,), optional=True)
 T2W_SEED = TensorSpec("seed", "TYPE_INT64", (1,), optional=True)
-TOKEN2WAV_INPUTS = (FLOW_TOKENS, DECODER, PROMPT_FLOW_TOKENS, PROMPT_MEL, PROMPT_EMBEDDING, T2W_SEED, STREAM_CANCEL)
+# FIRST_CHUNK_TOKENS (START request only): the stream's first chunk, as for tts.
+TOKEN2WAV_INPUTS = (FLOW_TOKENS, DECODER, PROMPT_FLOW_TOKENS, PROMPT_MEL, PROMPT_EMBEDDING, T2W_SEED, STREAM_CANCEL,
+                    FIRST_CHUNK_TOKENS)
 T2W_AUDIO = TensorSpec("audio", "TYPE_FP32", (-1,))  # 22050 Hz; may be empty
 TOKEN2WAV_OUTPUTS = (T2W_AUDIO, AUDIO_SAMPLE_RATE_HZ)
 

@@ -20,7 +20,7 @@ def _inp(spec: T.TensorSpec, value: np.ndarray) -> grpcclient.InferInput:
 def tts_inputs(text: str, speaker: str | None = None, clone_audio: np.ndarray | None = None,
                clone_sample_rate_hz: int | None = None, clone_text: str | None = None, stream: bool = True,
                seed: int | None = None, max_new_tokens: int | None = None,
-               request_id: str | None = None) -> list[grpcclient.InferInput]:
+               request_id: str | None = None, first_chunk_tokens: int | None = None) -> list[grpcclient.InferInput]:
     """Inputs of one ``tts`` request; ``request_id`` lets ``client.chat.cancel(client, "tts", id)`` stop it."""
     inputs = [_inp(T.TTS_TEXT, np.array([text.encode()], dtype=np.object_)),
               _inp(T.TTS_STREAM, np.array([stream], dtype=np.bool_))]
@@ -36,6 +36,8 @@ def tts_inputs(text: str, speaker: str | None = None, clone_audio: np.ndarray | 
         inputs.append(_inp(T.MAX_NEW_TOKENS, np.array([max_new_tokens], dtype=np.int32)))
     if request_id is not None:
         inputs.append(_inp(T.REQUEST_ID, np.array([request_id.encode()], dtype=np.object_)))
+    if first_chunk_tokens is not None:
+        inputs.append(_inp(T.FIRST_CHUNK_TOKENS, np.array([first_chunk_tokens], dtype=np.int32)))
     return inputs
 
 

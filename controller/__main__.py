@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 
+from controller.clauses import ClausePolicy
 from controller.config import ControllerConfig
 
 
@@ -24,6 +25,7 @@ def _config(args: argparse.Namespace) -> ControllerConfig:
         speculate_tts=not args.no_speculate_tts, max_reply_tokens=args.max_reply_tokens,
         tts_max_new_tokens=args.tts_max_new_tokens or None, max_context_tokens=args.max_context_tokens,
         temperature=args.temperature, seed=args.seed, response_timeout_s=args.response_timeout_s,
+        clause_policy=ClausePolicy(later_first_chunk_tokens=args.tts_later_first_chunk_tokens or None),
         **({"default_instructions": args.instructions} if args.instructions is not None else {}),
     )
 
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-speculate-tts", action="store_true", help="speculate the chat reply only, not its first TTS")
     p.add_argument("--max-reply-tokens", type=int, default=d.max_reply_tokens)
     p.add_argument("--tts-max-new-tokens", type=int, default=d.tts_max_new_tokens, help="per clause; 0: model default")
+    p.add_argument("--tts-later-first-chunk-tokens", type=int, default=d.clause_policy.later_first_chunk_tokens,
+                   help="speech tokens before the first audio of a reply's later clauses, when enough audio is "
+                        "queued (fewer token2wav runs); 0: the model's first chunk")
     p.add_argument("--max-context-tokens", type=int, default=d.max_context_tokens)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)

@@ -42,6 +42,7 @@ class TtsParams:
     speaker: str | None = None
     max_new_tokens: int | None = None
     seed: int | None = None
+    first_chunk_tokens: int | None = None  # None: the model's first chunk
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -165,25 +166,37 @@ class Reply:
         finally:
             clauses.put_nowait(None)
 
+    def _audio_ahead_s(self, audio_s: float) -> float:
+        """Reply audio not yet played, assuming playback began with the first audio and never stalled (a
+        speculation's audio waits for the commit, so it has at least this much ahead)."""
+        if self.t_first_audio is None:
+            return 0.0
+        return audio_s - (time.perf_counter() - self.t_start - self.t_first_audio)
+
     async def _speak(self, usage: dict[str, int]) -> str:
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
         result: dict[str, Any] = {"reason": "stop", "text": ""}
         chat = asyncio.create_task(self._chat_clauses(clauses, usage, result))
         try:
-            n = 0
+            n, audio_s = 0, 0.0
             while (clause := await clauses.get()) is not None:
                 # a speculation may run its first clause's TTS; the rest waits for the commit
                 if n > 0 or not self.speculate_tts:
                     await self._committed.wait()
                 self.outputs.put_nowait(TextOut(clause))
                 log.debug("%s: tts of clause %d (%d chars)", self.id, n, len(clause))
-                stream = self.backend.tts(clause, self.request.tts, self._request_id(f"tts{n}"))
+                tts = self.request.tts
+                first_chunk = self.clause_policy.tts_first_chunk(n, self._audio_ahead_s(audio_s))
+                if first_chunk is not None:
+                    tts = dataclasses.replace(tts, first_chunk_tokens=first_chunk)
+                stream = self.backend.tts(clause, tts, self._request_id(f"tts{n}"))
                 samples, tts_reason = 0, ""
                 async with contextlib.aclosing(stream):
                     async for chunk in stream:
                         tts_reason = chunk.finish_reason or tts_reason
                         if len(chunk.audio):
                             samples += len(chunk.audio)
+                            audio_s += len(chunk.audio) / chunk.sample_rate_hz
                             if self.t_first_audio is None:
                                 self.t_first_audio = time.perf_counter() - self.t_start
                             self.outputs.put_nowait(AudioOut(chunk.audio, chunk.sample_rate_hz))

@@ -57,6 +57,10 @@ def _str_input(name: str, value: str) -> grpcclient.InferInput:
     return _inp(name, "BYTES", np.array([value.encode()], dtype=np.object_))
 
 
+def _int32_input(name: str, value: int) -> grpcclient.InferInput:
+    return _inp(name, "INT32", np.array([value], dtype=np.int32))
+
+
 class TritonTokenizerStream:
     """Chunks go to ``audio_tokenizer_stream`` in order, one request at a time; what arrives while a
     request is in flight is sent together in the next one (fewer, larger requests under load), and audio
@@ -255,6 +259,8 @@ class TritonBackend:
     async def tts(self, text: str, params: TtsParams, request_id: str) -> AsyncIterator[TtsChunk]:
         inputs = tts_inputs(text, speaker=params.speaker, stream=True, seed=params.seed,
                             max_new_tokens=params.max_new_tokens)
+        if params.first_chunk_tokens is not None and self.accepts(T.TTS, T.FIRST_CHUNK_TOKENS.name):
+            inputs.append(_int32_input(T.FIRST_CHUNK_TOKENS.name, params.first_chunk_tokens))
         if self.accepts(T.TTS, T.REQUEST_ID.name):
             inputs.append(_str_input(T.REQUEST_ID.name, request_id))
         async for r in self._decoupled(T.TTS, inputs, request_id):

@@ -431,3 +431,33 @@ def test_a_silent_reply_says_why_in_the_log(caplog):
     with caplog.at_level("WARNING", logger="controller"):
         _h, done = run(one_turn(FakeBackend()))
     assert done["response"]["status"] == "completed" and "without audio" not in caplog.text
+
+
+@pytest.mark.parametrize("min_ahead_s,expect_later", [(0.5, 50), (60.0, None)])
+def test_later_clauses_ask_for_a_larger_first_chunk_when_audio_is_queued(min_ahead_s, expect_later):
+    """The first clause always streams with the model's first chunk; a later one asks for the policy's larger
+    first chunk (fewer token2wav runs) only while enough of the reply's audio is still queued ahead."""
+    from controller.clauses import ClausePolicy
+
+    async def go():
+        backend = FakeBackend(reply_text=("Hello there.", " How are you today?", " Fine, thanks."),
+                              tts_chunks=2, tts_chunk_s=0.5)  # 1 s of audio per clause, delivered at once
+        request = ReplyRequest(messages=[{"role": "user", "content": "hi"}], chat=ChatParams(), tts=TtsParams(),
+                               audio=True)
+        policy = ClausePolicy(min_chars=4, later_min_ahead_s=min_ahead_s)
+        reply = Reply(backend, request, clause_policy=policy).start()
+        while not reply.finished:
+            await asyncio.sleep(0.01)
+        return [c.payload["params"].first_chunk_tokens for c in backend.calls if c.kind == "tts"]
+
+    firsts = run(go())
+    assert len(firsts) >= 3 and firsts == [None] + [expect_later] * (len(firsts) - 1)
+
+
+def test_clause_policy_first_chunk_rule():
+    from controller.clauses import ClausePolicy
+
+    p = ClausePolicy(later_first_chunk_tokens=60, later_min_ahead_s=0.5)
+    assert p.tts_first_chunk(0, 5.0) is None  # the first clause: the first audio waits for it
+    assert p.tts_first_chunk(1, 0.6) == 60 and p.tts_first_chunk(3, 0.49) is None
+    assert ClausePolicy(later_first_chunk_tokens=None).tts_first_chunk(2, 5.0) is None

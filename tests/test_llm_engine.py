@@ -174,3 +174,38 @@ def test_async_engine_streams_and_cancels(model):
 
 async def _collect(aeng, req):
     return [ev.token_id async for ev in aeng.generate(req) if ev.token_id is not None]
+
+
+def test_async_engine_batches_hold_min_tokens(model):
+    """``generate_batches(req, min_tokens=5)``: every batch but the last holds >= 5 ids, the ids are the
+    same as unbatched, and a bad value is refused before anything runs."""
+    aeng = AsyncEngine(Engine(model, max_batch_size=4))
+    sp = SamplingParams(temperature=0, max_new_tokens=23, stop_ids=())
+
+    async def run():
+        batches = [b async for b in aeng.generate_batches(GenerationRequest("b", _prompt(40, 7), sp), min_tokens=5)]
+        with pytest.raises(RequestError, match="min_tokens_per_response"):
+            await anext(aeng.generate_batches(GenerationRequest("z", _prompt(41, 7), sp), min_tokens=0))
+        return batches
+
+    try:
+        batches = asyncio.run(run())
+    finally:
+        aeng.close()
+    counts = [sum(ev.token_id is not None for ev in b) for b in batches]
+    assert all(c >= 5 for c in counts[:-1]) and batches[-1][-1].finished
+    assert sum(counts) == 23
+    ids = [ev.token_id for b in batches for ev in b if ev.token_id is not None]
+    assert ids == Engine(model).generate(_prompt(40, 7), sp)
+
+
+def test_min_tokens_per_response_parsing():
+    import numpy as np
+
+    from stepaudio.llm.requests import min_tokens_per_response
+
+    assert min_tokens_per_response({}) == 1
+    assert min_tokens_per_response({"min_tokens_per_response": np.array([5], np.int32)}) == 5
+    for bad in (0, -1, 5000):
+        with pytest.raises(RequestError, match=r"min_tokens_per_response must be in 1\.\.1024"):
+            min_tokens_per_response({"min_tokens_per_response": np.array([bad], np.int32)})

@@ -33,6 +33,7 @@ class FakeT2W:
 
     def session(self, voice, seed=0, policy=None):
         self.made.append(FakeStream(self.fail_at))
+        self.made[-1].policy = policy
         return self.made[-1]
 
 
@@ -112,3 +113,18 @@ def test_limits_and_unknown_decoder():
     reg.on_change = counts.append
     reg.push(1, np.arange(1), start=VOICE)  # a restart replaces the old state
     assert len(reg) == 1 and counts == [1]
+
+
+def test_first_chunk_of_one_stream():
+    from stepaudio.tts.chunking import ChunkPolicy
+
+    reg, t2w = _registry(policy=ChunkPolicy(first=20, cap=40))
+    reg.push(1, np.arange(1), start=VOICE)
+    reg.push(2, np.arange(1), start=StreamVoice("d", voice=None, first_chunk_tokens=60))
+    assert t2w.made[0].policy == ChunkPolicy(first=20, cap=40)
+    assert t2w.made[1].policy == ChunkPolicy(first=60, cap=60)  # the rest of the deployment's policy kept
+    reg.push(3, np.arange(1), start=VOICE)
+    for bad in (0, 1001):  # refused before the old state of that id is touched
+        with pytest.raises(StreamInputError, match="first_chunk_tokens must be in 1..1000"):
+            reg.push(3, np.arange(1), start=StreamVoice("d", voice=None, first_chunk_tokens=bad))
+    assert not t2w.made[2].closed and len(reg) == 3

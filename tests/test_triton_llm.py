@@ -75,6 +75,11 @@ def test_tts_lm_takes_prompt_ids(tiny_checkpoints, client):
     engine, _ = _local(tiny_checkpoints, "Step-Audio-TTS-3B")
     assert ids == engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=15, repetition_window=10))
     assert all(c.text == "" for c in chunks)
+    # the same request, answered in groups of at least 4 ids (the last may hold fewer)
+    grouped = list(stream_generate(client, "tts_lm", build_inputs(prompt_ids=prompt, max_new_tokens=15,
+                                                                  temperature=0.0, min_tokens_per_response=4)))
+    assert [t for c in grouped for t in c.token_ids] == ids
+    assert all(len(c.token_ids) >= 4 for c in grouped[:-1]) and len(grouped) <= 4
 
 
 @pytest.mark.parametrize(
@@ -86,6 +91,7 @@ def test_tts_lm_takes_prompt_ids(tiny_checkpoints, client):
         (dict(prompt_ids=[1, 4], top_p=0.0), "top_p"),
         (dict(prompt_ids=[1, 4], temperature=float("nan")), "temperature"),
         (dict(prompt_ids=[1, 4], max_new_tokens=0), "max_new_tokens"),
+        (dict(prompt_ids=[1, 4], min_tokens_per_response=0), "min_tokens_per_response"),
         (dict(), "exactly one of"),
         (dict(messages=[{"role": "user", "content": "x"}], prompt_ids=[1]), "exactly one of"),
     ],

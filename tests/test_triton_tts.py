@@ -36,6 +36,11 @@ def test_streams_audio_chunks(client):
     np.testing.assert_array_equal(wav, again)
     offline = list(stream_tts(client, tts_inputs(TEXT, seed=1, max_new_tokens=200, stream=False)))
     assert len(offline) == 1 and len(offline[0][0]) == len(wav)
+    # the request's first chunk: a small one streams earlier, one past the end gives all the audio at the end
+    small = list(stream_tts(client, tts_inputs(TEXT, seed=1, max_new_tokens=200, first_chunk_tokens=5)))
+    whole = list(stream_tts(client, tts_inputs(TEXT, seed=1, max_new_tokens=200, first_chunk_tokens=1000)))
+    assert len(small) >= 2 and len(whole) == 1
+    assert sum(len(a) for a, _, _ in small) == len(whole[0][0]) == len(wav)
 
 
 def test_voice_clone(client, tmp_path):
@@ -61,6 +66,7 @@ def test_voice_clone(client, tmp_path):
               clone_text="x"), "too long"),
         (dict(text="hi", clone_audio=np.full(16000, 0.1, np.float32), clone_sample_rate_hz=4000, clone_text="x"),
          "4000"),
+        (dict(text="hi", first_chunk_tokens=0), "first_chunk_tokens must be in 1..1000"),
     ],
 )
 def test_bad_input_is_an_error_and_others_go_on(client, tiny_server, kwargs, match):

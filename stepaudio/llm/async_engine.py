@@ -46,11 +46,15 @@ class AsyncEngine:
             except Exception as exc:  # a failing step must not strand the waiting consumers
                 log.exception("engine step failed")
                 events = self._fail_all(str(exc))
+            # One wake-up per consumer loop and step (not one per event: each costs a self-pipe write).
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, TokenEvent]]] = {}
             for ev in events:
                 target = self._queues.get(ev.request_id)
                 if target is not None:
-                    loop, queue = target
-                    loop.call_soon_threadsafe(queue.put_nowait, ev)
+                    by_loop.setdefault(target[0], []).append((target[1], ev))
+            for loop, items in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that consumer's loop is closed: nobody listens
+                    loop.call_soon_threadsafe(_deliver, items)
 
     def _fail_all(self, message: str) -> list[TokenEvent]:
         events = []
@@ -72,9 +76,14 @@ class AsyncEngine:
         finally:
             await batches.aclose()
 
-    async def generate_batches(self, req: GenerationRequest) -> AsyncIterator[list[TokenEvent]]:
+    async def generate_batches(self, req: GenerationRequest, min_tokens: int = 1) -> AsyncIterator[list[TokenEvent]]:
         """Like ``generate``, but yields every event that is ready at once: a consumer that fell
-        behind the engine (a busy server) catches up in one response instead of one per token."""
+        behind the engine (a busy server) catches up in one response instead of one per token.
+        A batch holds at least ``min_tokens`` token events, except the last one (``finished``)."""
+        if min_tokens < 1:
+            from stepaudio.llm.engine import RequestError
+
+            raise RequestError(f"min_tokens_per_response must be >= 1, got {min_tokens}")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         if req.request_id in self._queues:
@@ -93,9 +102,12 @@ class AsyncEngine:
         finished = False
         try:
             while True:
-                batch = [await queue.get()]
-                while not batch[-1].finished and not queue.empty():
-                    batch.append(queue.get_nowait())
+                batch, tokens = [], 0
+                while not batch or not (batch[-1].finished or tokens >= min_tokens):
+                    batch.append(await queue.get())
+                    while not batch[-1].finished and not queue.empty():
+                        batch.append(queue.get_nowait())
+                    tokens = sum(ev.token_id is not None for ev in batch)
                 finished = batch[-1].finished
                 yield batch
                 if finished:
@@ -137,3 +149,8 @@ class AsyncEngine:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
+
+
+def _deliver(items: list[tuple[asyncio.Queue, TokenEvent]]) -> None:
+    for queue, ev in items:
+        queue.put_nowait(ev)

@@ -61,3 +61,16 @@ def parse_request(
     params = SamplingParams(**{**defaults.__dict__, **over}).validate()
     request_id = _scalar(arrays, "request_id") or uuid.uuid4().hex
     return GenerationRequest(str(request_id), ids, params)
+
+
+MAX_TOKENS_PER_RESPONSE = 1024
+
+
+def min_tokens_per_response(arrays: dict[str, np.ndarray | None]) -> int:
+    """The request's ``min_tokens_per_response`` (1 when absent): responses gather that many new ids."""
+    value = _scalar(arrays, "min_tokens_per_response")
+    if value is None:
+        return 1
+    if not 1 <= int(value) <= MAX_TOKENS_PER_RESPONSE:
+        raise RequestError(f"min_tokens_per_response must be in 1..{MAX_TOKENS_PER_RESPONSE}, got {value}")
+    return int(value)

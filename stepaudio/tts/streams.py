@@ -9,6 +9,7 @@ cannot go on), and after ``idle_timeout_s`` without a push. ``freed`` counts eac
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -27,11 +28,15 @@ class StreamInputError(ValueError):
     """A push that cannot be applied; the message names the problem."""
 
 
+MAX_FIRST_CHUNK_TOKENS = 1000  # 24 s of speech
+
+
 @dataclass(frozen=True)
 class StreamVoice:
     decoder: str  # "CosyVoice-300M-25Hz" or "CosyVoice-300M-25Hz-Music"
     voice: PromptVoice
     seed: int = 0
+    first_chunk_tokens: int | None = None  # this stream's first chunk (None: the policy's)
 
 
 @dataclass
@@ -113,6 +118,7 @@ class Token2WavStreams:
                         f"already ended, or expired after {self.idle_timeout_s:g} s idle")
                 entry.last_used_s = self._clock()
                 return entry
+            policy = self._policy(start)
             t2w = self.decoders.get(start.decoder)
             if t2w is None:
                 raise StreamInputError(f"unknown decoder {start.decoder!r} (known: {', '.join(self.decoders)})")
@@ -121,10 +127,19 @@ class Token2WavStreams:
             old = self._streams.pop(stream_id, None)  # a restarted stream replaces the old state
             if old is not None:
                 old.stream.close()
-            entry = _Entry(t2w.session(start.voice, seed=start.seed, policy=self.policy), self._clock())
+            entry = _Entry(t2w.session(start.voice, seed=start.seed, policy=policy), self._clock())
             self._streams[stream_id] = entry
         self._changed()
         return entry
+
+    def _policy(self, start: StreamVoice) -> ChunkPolicy | None:
+        first = start.first_chunk_tokens
+        if first is None:
+            return self.policy
+        if not 1 <= first <= MAX_FIRST_CHUNK_TOKENS:
+            raise StreamInputError(f"first_chunk_tokens must be in 1..{MAX_FIRST_CHUNK_TOKENS}, got {first}")
+        base = self.policy or ChunkPolicy()
+        return dataclasses.replace(base, first=first, cap=max(base.cap, first))
 
     def _free(self, stream_id: int | str, reason: str) -> bool:
         with self._lock:

@@ -99,11 +99,11 @@ class TritonPythonModel:
 
     async def _serve(self, sender, arrays):
         from stepaudio.llm.detokenize import IncrementalDetokenizer
-        from stepaudio.llm.requests import parse_request
+        from stepaudio.llm.requests import min_tokens_per_response, parse_request
 
         try:
             req = parse_request(arrays, self.mode, self.tokenizer, self.defaults)
-            stream = self.engine.generate_batches(req)
+            stream = self.engine.generate_batches(req, min_tokens_per_response(arrays))
             batch = await anext(stream)  # RequestError surfaces here, before any response
         except (RequestError, SamplingError, ValueError) as exc:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)

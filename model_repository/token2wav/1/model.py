@@ -63,10 +63,10 @@ class TritonPythonModel:
             decoder, prompt_tokens, prompt_mel, embedding = parts
             if prompt_mel.size % 80:
                 raise ValueError(f"prompt_mel holds {prompt_mel.size} values, not a whole number of 80-bin frames")
-            seed = _get(request, T.T2W_SEED.name)
+            seed, first = _get(request, T.T2W_SEED.name), _get(request, T.FIRST_CHUNK_TOKENS.name)
             start = StreamVoice(decoder[0].decode("utf-8"), PromptVoice.of(prompt_tokens, prompt_mel.reshape(-1, 80),
                                                                            embedding),
-                                0 if seed is None else int(seed[0]))
+                                0 if seed is None else int(seed[0]), None if first is None else int(first[0]))
         return self.streams.push(stream_id, _get(request, T.FLOW_TOKENS.name), start=start,
                                  end=bool(_get(request, T.CONTROL_END)[0]))
 

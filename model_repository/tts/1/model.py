@@ -111,7 +111,7 @@ class TritonPythonModel:
     def _lm_tokens(self, inputs, sender, prompt_ids, lm_id, stop):
         """Yields the batches of ids tts_lm streams; once ``stop`` is set, cancels it and drains the rest."""
         lm_inputs = [_tensor(T.PROMPT_IDS, prompt_ids, np.int32), pb_utils.Tensor(T.REQUEST_ID.name, np.array(
-            [lm_id.encode()], dtype=np.object_))]
+            [lm_id.encode()], dtype=np.object_)), _tensor(T.MIN_TOKENS_PER_RESPONSE, [int(self.p["push_tokens"])], np.int32)]
         for spec, dtype in ((T.SEED, np.int64), (T.MAX_NEW_TOKENS, np.int32), (T.TEMPERATURE, np.float32)):
             if (v := _get(inputs, spec)) is not None:
                 lm_inputs.append(_tensor(spec, v, dtype))
@@ -135,7 +135,7 @@ class TritonPythonModel:
             if out is not None and not cancelled:  # the last, empty response only closes the stream
                 yield out.as_numpy().tolist()
 
-    def _push(self, corrid, tokens, flags, voice=None, decoder=None, seed=0, cancel=False):
+    def _push(self, corrid, tokens, flags, voice=None, decoder=None, seed=0, cancel=False, first_chunk=None):
         inputs = [_tensor(T.FLOW_TOKENS, [tokens], np.int32)]
         if voice is not None:
             inputs += [pb_utils.Tensor(T.DECODER.name, np.array([[decoder.encode()]], dtype=np.object_)),
@@ -143,13 +143,15 @@ class TritonPythonModel:
                        _tensor(T.PROMPT_MEL, [voice.prompt_mel.reshape(-1)], np.float32),
                        _tensor(T.PROMPT_EMBEDDING, [voice.speaker_embedding], np.float32), _tensor(T.T2W_SEED, [[seed]],
                                                                                                   np.int64)]
+            if first_chunk is not None:
+                inputs.append(_tensor(T.FIRST_CHUNK_TOKENS, [[first_chunk]], np.int32))
         if cancel:
             inputs.append(_tensor(T.STREAM_CANCEL, [[True]], bool))
         [wav] = _call(T.TOKEN2WAV, inputs, [T.T2W_AUDIO.name], correlation_id=corrid, flags=flags)
         return wav.reshape(-1)
 
     def _serve(self, inputs, sender):
-        from stepaudio.tts.pipeline import TtsInputError, plan, token2wav_pushes
+        from stepaudio.tts.pipeline import TtsInputError, check_first_chunk_tokens, plan, token2wav_pushes
 
         rid = _text(inputs, T.REQUEST_ID) or uuid.uuid4().hex
         try:
@@ -162,14 +164,16 @@ class TritonPythonModel:
             text = _text(inputs, T.TTS_TEXT) or ""
             job = plan(self.tokenizer, text, self._voice(inputs, text))
             stream = _get(inputs, T.TTS_STREAM)
-            seed = _get(inputs, T.SEED)
+            seed, first_chunk = _get(inputs, T.SEED), _get(inputs, T.FIRST_CHUNK_TOKENS)
+            first_chunk = check_first_chunk_tokens(None if first_chunk is None else first_chunk[0])
             held = []
             lm = self._lm_tokens(inputs, sender, job.prompt.ids, f"{rid}/tts_lm", stop)
             for tokens, last in token2wav_pushes(lm, int(self.p["push_tokens"])):
                 if stop.is_set():
                     break
                 wav = self._push(corrid, tokens, (0 if opened else START) | (END if last else 0),
-                                 None if opened else job.voice, job.prompt.decoder, 0 if seed is None else int(seed[0]))
+                                 None if opened else job.voice, job.prompt.decoder, 0 if seed is None else int(seed[0]),
+                                 first_chunk=first_chunk)
                 opened = not last
                 if last:
                     tail = np.concatenate([*held, wav]) if held or wav.size else np.zeros(0, np.float32)
