@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 
 def model_parameters(args: dict) -> dict[str, str]:
@@ -119,3 +119,39 @@ class LoopThread:
         self._thread.join(timeout_s)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+class Graveyard:
+    """Keeps objects alive for ``hold_s`` after they are handed in, so that the last reference to them is
+    dropped here, by a Python thread holding the GIL.
+
+    Triton 2.51's Python stub (python_backend before commit b771f4f, "Fix requested output deleting
+    extra outputs") frees the numpy arrays behind its tensors without the GIL in two places: a BLS
+    decoupled response iterator that the stub's own C++ thread destroys when its stream ends (after
+    Python let go of it), and outputs pruned from a response because the requester did not ask for
+    them. Either corrupts the interpreter's heap under load and kills the stub. Burying every BLS
+    iterator here means the stub never holds the last reference."""
+
+    def __init__(self, hold_s: float = 30.0, clock=None):
+        self.hold_s = hold_s
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._graves: deque[tuple[float, object]] = deque()
+
+    def bury(self, obj: object) -> object:
+        """Holds ``obj`` for ``hold_s`` (and drops what was held longer); returns it."""
+        now = self._clock()
+        with self._lock:
+            self._graves.append((now, obj))
+            expired = []
+            while self._graves and now - self._graves[0][0] > self.hold_s:
+                expired.append(self._graves.popleft()[1])
+        del expired  # the last references go here, outside the lock
+        return obj
+
+    def __len__(self) -> int:
+        return len(self._graves)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._graves.clear()

@@ -11,7 +11,7 @@ import pytest
 
 from controller import g711
 from controller.backend import ChatParams, TtsChunk, TtsParams
-from controller.reply import Reply, ReplyRequest
+from controller.reply import Reply, ReplyEnd, ReplyRequest
 from controller.turns import TurnState
 from tests.controller_fakes import Call, FakeBackend, Harness, pcm16_b64, silence, speech
 
@@ -446,8 +446,8 @@ def test_later_clauses_ask_for_a_larger_first_chunk_when_audio_is_queued(min_ahe
                                audio=True)
         policy = ClausePolicy(min_chars=4, later_min_ahead_s=min_ahead_s)
         reply = Reply(backend, request, clause_policy=policy).start()
-        while not reply.finished:
-            await asyncio.sleep(0.01)
+        while not isinstance(await asyncio.wait_for(reply.outputs.get(), 10), ReplyEnd):
+            pass
         return [c.payload["params"].first_chunk_tokens for c in backend.calls if c.kind == "tts"]
 
     firsts = run(go())

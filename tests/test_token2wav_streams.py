@@ -125,6 +125,6 @@ def test_first_chunk_of_one_stream():
     assert t2w.made[1].policy == ChunkPolicy(first=60, cap=60)  # the rest of the deployment's policy kept
     reg.push(3, np.arange(1), start=VOICE)
     for bad in (0, 1001):  # refused before the old state of that id is touched
-        with pytest.raises(StreamInputError, match="first_chunk_tokens must be in 1..1000"):
+        with pytest.raises(StreamInputError, match=r"first_chunk_tokens must be in 1\.\.1000"):
             reg.push(3, np.arange(1), start=StreamVoice("d", voice=None, first_chunk_tokens=bad))
     assert not t2w.made[2].closed and len(reg) == 3

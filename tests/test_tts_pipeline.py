@@ -79,3 +79,30 @@ def test_cancel_board_flags_running_and_early_cancels():
     now[0] = 11.0
     assert not board.register("c").is_set()  # expired
     assert len(board) == 2
+
+
+def test_graveyard_holds_objects_for_its_time_then_lets_go():
+    import gc
+    import weakref
+
+    from stepaudio.serving_utils import Graveyard
+
+    class Thing:
+        pass
+
+    now = [0.0]
+    yard = Graveyard(hold_s=30, clock=lambda: now[0])
+    first = Thing()
+    ref = weakref.ref(first)
+    assert yard.bury(first) is first
+    del first
+    gc.collect()
+    assert ref() is not None  # held although nobody else refers to it
+    now[0] = 29.0
+    yard.bury(Thing())
+    assert ref() is not None and len(yard) == 2
+    now[0] = 31.0
+    yard.bury(Thing())  # the first is past its time: dropped here, by this thread
+    assert ref() is None and len(yard) == 2
+    yard.clear()
+    assert len(yard) == 0

@@ -27,15 +27,22 @@ def _arrays(request, specs):
     return out
 
 
-def _response(ids, text, reason, ev):
-    return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor(T.TOKEN_IDS.name, np.asarray(ids, dtype=np.int32)),
-        pb_utils.Tensor(T.TEXT_DELTA.name, np.array([text.encode()], dtype=np.object_)),
-        pb_utils.Tensor(T.FINISH_REASON.name, np.array([reason.encode()], dtype=np.object_)),
-        pb_utils.Tensor(T.PROMPT_TOKENS.name, np.array([ev.prompt_tokens], dtype=np.int32)),
-        pb_utils.Tensor(T.COMPLETION_TOKENS.name, np.array([ev.completion_tokens], dtype=np.int32)),
-        pb_utils.Tensor(T.CACHED_PROMPT_TOKENS.name, np.array([ev.cached_prompt_tokens], dtype=np.int32)),
-    ])
+ALL_OUTPUTS = frozenset(s.name for s in T.LLM_OUTPUTS)
+
+
+def _response(wanted, ids, text, reason, ev):
+    """Only the outputs the requester asked for (``wanted``; tts asks for token_ids only): Triton 2.51's stub
+    drops the others without the GIL, which corrupts the heap under load (``stepaudio.serving_utils.Graveyard``)."""
+    values = {
+        T.TOKEN_IDS.name: lambda: np.asarray(ids, dtype=np.int32),
+        T.TEXT_DELTA.name: lambda: np.array([text.encode()], dtype=np.object_),
+        T.FINISH_REASON.name: lambda: np.array([reason.encode()], dtype=np.object_),
+        T.PROMPT_TOKENS.name: lambda: np.array([ev.prompt_tokens], dtype=np.int32),
+        T.COMPLETION_TOKENS.name: lambda: np.array([ev.completion_tokens], dtype=np.int32),
+        T.CACHED_PROMPT_TOKENS.name: lambda: np.array([ev.cached_prompt_tokens], dtype=np.int32),
+    }
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, make()) for name, make in values.items()
+                                                      if name in wanted])
 
 
 class TritonPythonModel:
@@ -94,10 +101,11 @@ class TritonPythonModel:
                 self.engine.cancel(cancel_id.reshape(-1)[0].decode("utf-8"))
                 sender.send(flags=FINAL)
                 continue
-            self.loop.submit(self._serve(sender, _arrays(request, self.specs)))
+            wanted = frozenset(request.requested_output_names()) or ALL_OUTPUTS
+            self.loop.submit(self._serve(sender, _arrays(request, self.specs), wanted))
         return None
 
-    async def _serve(self, sender, arrays):
+    async def _serve(self, sender, arrays, wanted):
         from stepaudio.llm.detokenize import IncrementalDetokenizer
         from stepaudio.llm.requests import min_tokens_per_response, parse_request
 
@@ -121,9 +129,9 @@ class TritonPythonModel:
                     if ev.error:
                         sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(ev.error)), flags=FINAL)
                     else:
-                        sender.send(_response(ids, text, ev.finish_reason or "", ev), flags=FINAL)
+                        sender.send(_response(wanted, ids, text, ev.finish_reason or "", ev), flags=FINAL)
                     return
-                sender.send(_response(ids, text, "", ev))
+                sender.send(_response(wanted, ids, text, "", ev))
                 batch = await anext(stream)
         except Exception as exc:  # a failure in one stream never takes the instance down
             log.exception("generation failed")

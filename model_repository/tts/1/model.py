@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from client import tensors as T
 from stepaudio.audio.preprocess import AudioInputError
-from stepaudio.serving_utils import CancelBoard, model_parameters
+from stepaudio.serving_utils import CancelBoard, Graveyard, model_parameters
 
 log = logging.getLogger("tts")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -52,10 +52,14 @@ def _call(model, inputs, outputs, **kw):
     return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
 
 
-def _audio_response(wav, reason=""):
-    return pb_utils.InferenceResponse(output_tensors=[
-        _tensor(T.AUDIO_OUT, wav, np.float32), _tensor(T.AUDIO_SAMPLE_RATE_HZ, [22050], np.int32),
-        pb_utils.Tensor(T.FINISH_REASON.name, np.array([reason.encode()], dtype=np.object_))])
+def _audio_response(wanted, wav, reason=""):
+    """Only the outputs the requester asked for (``wanted``): Triton 2.51's stub frees the others without
+    the GIL (see ``stepaudio.serving_utils.Graveyard``)."""
+    values = {T.AUDIO_OUT.name: lambda: _tensor(T.AUDIO_OUT, wav, np.float32),
+              T.AUDIO_SAMPLE_RATE_HZ.name: lambda: _tensor(T.AUDIO_SAMPLE_RATE_HZ, [22050], np.int32),
+              T.FINISH_REASON.name: lambda: pb_utils.Tensor(T.FINISH_REASON.name,
+                                                             np.array([reason.encode()], dtype=np.object_))}
+    return pb_utils.InferenceResponse(output_tensors=[make() for name, make in values.items() if name in wanted])
 
 
 class _PromptTokens:  # VoicePreparer's tokenizer, served by audio_tokenizer (the reference's trim path)
@@ -84,6 +88,7 @@ class TritonPythonModel:
                                  PromptMel.from_yaml(f"{p['tts_dir']}/CosyVoice-300M-25Hz/cosyvoice.yaml"))
         self.voices = VoiceBank(preparer, p["speakers_dir"], cache_size=int(p["voice_cache_size"]))
         self.cancels = CancelBoard()
+        self.graveyard = Graveyard()  # BLS response iterators, released by us, never by the stub's C++ thread
         self.pool = ThreadPoolExecutor(max_workers=int(p["max_streams"]), thread_name_prefix="tts")
 
     def execute(self, requests):
@@ -96,7 +101,8 @@ class TritonPythonModel:
                 self.cancels.cancel(target)
                 sender.send(flags=FINAL)
             else:
-                self.pool.submit(self._serve, inputs, sender)
+                wanted = frozenset(request.requested_output_names()) or frozenset(s.name for s in T.TTS_OUTPUTS)
+                self.pool.submit(self._serve, inputs, sender, wanted)
         return None
 
     def _voice(self, inputs, text):
@@ -117,23 +123,36 @@ class TritonPythonModel:
                 lm_inputs.append(_tensor(spec, v, dtype))
         lm = pb_utils.InferenceRequest(model_name=T.TTS_LM, inputs=lm_inputs,
                                        requested_output_names=[T.TOKEN_IDS.name])
-        cancelled, polled_s = False, time.monotonic()
-        for response in lm.exec(decoupled=True):
-            if response.has_error():
-                raise RuntimeError(f"tts_lm: {response.error().message()}")
-            if not cancelled and time.monotonic() - polled_s >= CANCEL_POLL_S:  # is_cancelled() is an IPC round trip
-                polled_s = time.monotonic()
-                if sender.is_cancelled():
-                    stop.set()
-            if stop.is_set() and not cancelled:
-                cancelled = True
-                cancel = pb_utils.Tensor(T.CANCEL_REQUEST_ID.name, np.array([lm_id.encode()], dtype=np.object_))
-                for _ in pb_utils.InferenceRequest(model_name=T.TTS_LM, inputs=[cancel],
-                                                   requested_output_names=[]).exec(decoupled=True):
+        responses = self.graveyard.bury(lm.exec(decoupled=True))
+        cancelled, ended, polled_s = False, False, time.monotonic()
+        try:
+            for response in responses:
+                if response.has_error():
+                    ended = True  # an error response is the stream's last
+                    raise RuntimeError(f"tts_lm: {response.error().message()}")
+                if not cancelled and time.monotonic() - polled_s >= CANCEL_POLL_S:  # an IPC round trip
+                    polled_s = time.monotonic()
+                    if sender.is_cancelled():
+                        stop.set()
+                if stop.is_set() and not cancelled:
+                    cancelled = True
+                    self._cancel_lm(lm_id)
+                out = pb_utils.get_output_tensor_by_name(response, T.TOKEN_IDS.name)
+                if out is not None and not cancelled:  # the last, empty response only closes the stream
+                    yield out.as_numpy().tolist()
+            ended = True
+        finally:
+            if not ended:  # the consumer stopped early: end the tts_lm stream, or the stub keeps its iterator
+                if not cancelled:
+                    self._cancel_lm(lm_id)
+                for _ in responses:
                     pass
-            out = pb_utils.get_output_tensor_by_name(response, T.TOKEN_IDS.name)
-            if out is not None and not cancelled:  # the last, empty response only closes the stream
-                yield out.as_numpy().tolist()
+
+    def _cancel_lm(self, lm_id):
+        cancel = pb_utils.Tensor(T.CANCEL_REQUEST_ID.name, np.array([lm_id.encode()], dtype=np.object_))
+        for _ in self.graveyard.bury(pb_utils.InferenceRequest(model_name=T.TTS_LM, inputs=[cancel],
+                                                               requested_output_names=[]).exec(decoupled=True)):
+            pass
 
     def _push(self, corrid, tokens, flags, voice=None, decoder=None, seed=0, cancel=False, first_chunk=None):
         inputs = [_tensor(T.FLOW_TOKENS, [tokens], np.int32)]
@@ -150,7 +169,7 @@ class TritonPythonModel:
         [wav] = _call(T.TOKEN2WAV, inputs, [T.T2W_AUDIO.name], correlation_id=corrid, flags=flags)
         return wav.reshape(-1)
 
-    def _serve(self, inputs, sender):
+    def _serve(self, inputs, sender, wanted):
         from stepaudio.tts.pipeline import TtsInputError, check_first_chunk_tokens, plan, token2wav_pushes
 
         rid = _text(inputs, T.REQUEST_ID) or uuid.uuid4().hex
@@ -177,16 +196,16 @@ class TritonPythonModel:
                 opened = not last
                 if last:
                     tail = np.concatenate([*held, wav]) if held or wav.size else np.zeros(0, np.float32)
-                    sender.send(_audio_response(tail, "stop"), flags=FINAL)
+                    sender.send(_audio_response(wanted, tail, "stop"), flags=FINAL)
                     return
                 if stream is not None and not bool(stream[0]):
                     held.append(wav)  # offline: one response at the end
                 elif wav.size:
-                    sender.send(_audio_response(wav))
+                    sender.send(_audio_response(wanted, wav))
             if sender.is_cancelled():
                 sender.send(flags=FINAL)
             else:
-                sender.send(_audio_response(np.zeros(0, np.float32), "cancelled"), flags=FINAL)
+                sender.send(_audio_response(wanted, np.zeros(0, np.float32), "cancelled"), flags=FINAL)
         except (AudioInputError, TtsInputError, KeyError, ValueError) as exc:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
         except Exception as exc:  # one failing request never takes the instance down
@@ -202,4 +221,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.graveyard.clear()
         self.voices = None
