@@ -245,6 +245,7 @@ def parse_args(argv):
     p.add_argument("--max-underrun-p90-s", type=float, default=0.2)
     p.add_argument("--max-eot-lag-p90-s", type=float, default=0.3)
     p.add_argument("--variant", default="audio_only", help="stock | audio_only")
+    p.add_argument("--set", action="append", default=[], help="deployment override section.field=value")
     p.add_argument("--triton", default=None, help="use this running server (HOST:GRPC_PORT)")
     p.add_argument("--server-pgid", type=int, default=None, help="its process group (CPU per model; optional)")
     p.add_argument("--checkpoints", default=None, help="tiny checkpoints folder (written when missing)")
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     es = contextlib.ExitStack()
 
     def open_stack():
-        stack = es.enter_context(BenchStack(args.variant, args.checkpoints, triton_url=args.triton))
+        stack = es.enter_context(BenchStack(args.variant, args.checkpoints, args.set, triton_url=args.triton))
         ctl = es.enter_context(stack.controller(
             speculation=not args.no_speculation, seed=args.seed, pause_ms=args.pause_ms,
             max_reply_tokens=args.max_reply_tokens, tts_max_new_tokens=args.tts_max_new_tokens))
