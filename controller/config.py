@@ -61,3 +61,6 @@ class ControllerConfig:
             raise ValueError("vad_batch_ms must be >= 0")
         if self.max_sessions < 1 or self.max_frame_bytes < 1024:
             raise ValueError("max_sessions must be >= 1 and max_frame_bytes >= 1024")
+        first = self.clause_policy.later_first_chunk_tokens
+        if first is not None and not 1 <= first <= 1000:  # the tts model's range for first_chunk_tokens
+            raise ValueError(f"tts later-clause first chunk must be 1..1000 speech tokens (0: off), got {first}")

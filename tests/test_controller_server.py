@@ -63,6 +63,17 @@ def test_open_access_only_on_localhost():
     ControllerConfig(host="0.0.0.0", api_keys=("k",)).check()
 
 
+def test_later_clause_first_chunk_is_checked():
+    from controller.__main__ import main
+    from controller.clauses import ClausePolicy
+
+    for bad in (-5, 1001):
+        with pytest.raises(ValueError, match=r"later-clause first chunk must be 1\.\.1000"):
+            ControllerConfig(clause_policy=ClausePolicy(later_first_chunk_tokens=bad)).check()
+    ControllerConfig(clause_policy=ClausePolicy(later_first_chunk_tokens=None)).check()
+    assert main(["serve", "--tts-later-first-chunk-tokens", "-5"]) == 2  # a clear error, not a traceback
+
+
 def test_session_limit_and_frame_limits():
     with controller(max_sessions=1, max_frame_bytes=4096) as c:
         url = f"ws://127.0.0.1:{c.port}/v1/realtime"
