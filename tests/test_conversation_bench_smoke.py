@@ -25,10 +25,13 @@ def test_conversation_bench_writes_its_json(tiny_server, tmp_path):
     r = doc["results"]
     for mode in ("on", "off"):
         phase = r[f"speculation_{mode}"]
-        assert phase["turns"] == 2 and phase["turns_without_audio"] == 0
+        # The stock tiny TTS LM is random: for some reply texts (which follow the spoken input's tokens, so
+        # they vary from run to run) it stops before any speech token, and that turn has no audio (the
+        # controller logs why). Seen once in ~10 CI runs; at most one such turn per phase is tolerated.
+        assert phase["turns"] == 2 and phase["turns_without_audio"] <= 1
         v2v = phase["voice_to_voice_ms"]
         # the end of the turn waits for 700 ms of silence before anything can be said
-        assert v2v["count"] == 2 and v2v["p50"] > 600 and math.isfinite(v2v["p99"])
+        assert v2v["count"] == 2 - phase["turns_without_audio"] and v2v["p50"] > 600 and math.isfinite(v2v["p99"])
         assert phase["controller"]["turns"] == 2
         assert phase["controller"]["controller_overhead_per_turn_ms"]["mean"] > 0
         assert phase["controller"]["controller_cpu_per_turn_ms"] > 0
