@@ -52,15 +52,6 @@ def plan(tokenizer: TextTokenizer, text: str, voice: VoicePrompt) -> TtsPlan:
     return TtsPlan(prompt, voice)
 
 
-def check_first_chunk_tokens(value: int | None) -> int | None:
-    """A request's ``first_chunk_tokens`` (None: the deployment's), refused before any work when out of range."""
-    from stepaudio.tts.streams import MAX_FIRST_CHUNK_TOKENS
-
-    if value is not None and not 1 <= int(value) <= MAX_FIRST_CHUNK_TOKENS:
-        raise TtsInputError(f"first_chunk_tokens must be in 1..{MAX_FIRST_CHUNK_TOKENS}, got {value}")
-    return None if value is None else int(value)
-
-
 def stream_audio(
     t2w: Token2Wav, voice: VoicePrompt, llm_token_stream: Iterable[Iterable[int]], seed: int = 0,
     policy: ChunkPolicy | None = None,

@@ -39,6 +39,13 @@ class StreamVoice:
     first_chunk_tokens: int | None = None  # this stream's first chunk (None: the policy's)
 
 
+def check_first_chunk_tokens(value: int | None) -> int | None:
+    """A stream's ``first_chunk_tokens`` (None: the policy's), refused when out of range."""
+    if value is not None and not 1 <= int(value) <= MAX_FIRST_CHUNK_TOKENS:
+        raise StreamInputError(f"first_chunk_tokens must be in 1..{MAX_FIRST_CHUNK_TOKENS}, got {value}")
+    return None if value is None else int(value)
+
+
 @dataclass
 class _Entry:
     stream: Token2WavStream
@@ -133,11 +140,9 @@ class Token2WavStreams:
         return entry
 
     def _policy(self, start: StreamVoice) -> ChunkPolicy | None:
-        first = start.first_chunk_tokens
+        first = check_first_chunk_tokens(start.first_chunk_tokens)
         if first is None:
             return self.policy
-        if not 1 <= first <= MAX_FIRST_CHUNK_TOKENS:
-            raise StreamInputError(f"first_chunk_tokens must be in 1..{MAX_FIRST_CHUNK_TOKENS}, got {first}")
         base = self.policy or ChunkPolicy()
         return dataclasses.replace(base, first=first, cap=max(base.cap, first))
 

@@ -34,15 +34,14 @@ def _response(wanted, ids, text, reason, ev):
     """Only the outputs the requester asked for (``wanted``; tts asks for token_ids only): Triton 2.51's stub
     drops the others without the GIL, which corrupts the heap under load (``stepaudio.serving_utils.Graveyard``)."""
     values = {
-        T.TOKEN_IDS.name: lambda: np.asarray(ids, dtype=np.int32),
-        T.TEXT_DELTA.name: lambda: np.array([text.encode()], dtype=np.object_),
-        T.FINISH_REASON.name: lambda: np.array([reason.encode()], dtype=np.object_),
-        T.PROMPT_TOKENS.name: lambda: np.array([ev.prompt_tokens], dtype=np.int32),
-        T.COMPLETION_TOKENS.name: lambda: np.array([ev.completion_tokens], dtype=np.int32),
-        T.CACHED_PROMPT_TOKENS.name: lambda: np.array([ev.cached_prompt_tokens], dtype=np.int32),
+        T.TOKEN_IDS.name: np.asarray(ids, dtype=np.int32),
+        T.TEXT_DELTA.name: np.array([text.encode()], dtype=np.object_),
+        T.FINISH_REASON.name: np.array([reason.encode()], dtype=np.object_),
+        T.PROMPT_TOKENS.name: np.array([ev.prompt_tokens], dtype=np.int32),
+        T.COMPLETION_TOKENS.name: np.array([ev.completion_tokens], dtype=np.int32),
+        T.CACHED_PROMPT_TOKENS.name: np.array([ev.cached_prompt_tokens], dtype=np.int32),
     }
-    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, make()) for name, make in values.items()
-                                                      if name in wanted])
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, a) for n, a in values.items() if n in wanted])
 
 
 class TritonPythonModel:

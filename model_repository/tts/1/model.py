@@ -20,6 +20,7 @@ log = logging.getLogger("tts")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 START, END = 1, 2  # sequence flags of a BLS request
 CANCEL_POLL_S = 0.05  # how often a stream asks whether its client cancelled
+ALL_OUTPUTS = frozenset(s.name for s in T.TTS_OUTPUTS)  # what a request naming no outputs gets
 
 
 def _inputs(request):
@@ -55,11 +56,10 @@ def _call(model, inputs, outputs, **kw):
 def _audio_response(wanted, wav, reason=""):
     """Only the outputs the requester asked for (``wanted``): Triton 2.51's stub frees the others without
     the GIL (see ``stepaudio.serving_utils.Graveyard``)."""
-    values = {T.AUDIO_OUT.name: lambda: _tensor(T.AUDIO_OUT, wav, np.float32),
-              T.AUDIO_SAMPLE_RATE_HZ.name: lambda: _tensor(T.AUDIO_SAMPLE_RATE_HZ, [22050], np.int32),
-              T.FINISH_REASON.name: lambda: pb_utils.Tensor(T.FINISH_REASON.name,
-                                                             np.array([reason.encode()], dtype=np.object_))}
-    return pb_utils.InferenceResponse(output_tensors=[make() for name, make in values.items() if name in wanted])
+    values = {T.AUDIO_OUT.name: np.asarray(wav, dtype=np.float32),
+              T.AUDIO_SAMPLE_RATE_HZ.name: np.asarray([22050], dtype=np.int32),
+              T.FINISH_REASON.name: np.array([reason.encode()], dtype=np.object_)}
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, a) for n, a in values.items() if n in wanted])
 
 
 class _PromptTokens:  # VoicePreparer's tokenizer, served by audio_tokenizer (the reference's trim path)
@@ -101,7 +101,7 @@ class TritonPythonModel:
                 self.cancels.cancel(target)
                 sender.send(flags=FINAL)
             else:
-                wanted = frozenset(request.requested_output_names()) or frozenset(s.name for s in T.TTS_OUTPUTS)
+                wanted = frozenset(request.requested_output_names()) or ALL_OUTPUTS
                 self.pool.submit(self._serve, inputs, sender, wanted)
         return None
 
@@ -170,7 +170,8 @@ class TritonPythonModel:
         return wav.reshape(-1)
 
     def _serve(self, inputs, sender, wanted):
-        from stepaudio.tts.pipeline import TtsInputError, check_first_chunk_tokens, plan, token2wav_pushes
+        from stepaudio.tts.pipeline import TtsInputError, plan, token2wav_pushes
+        from stepaudio.tts.streams import check_first_chunk_tokens
 
         rid = _text(inputs, T.REQUEST_ID) or uuid.uuid4().hex
         try:
