@@ -26,6 +26,12 @@ def _run(model):
     return full, torch.cat([head.logits, tail], 1), tokens
 
 
+def _quiesce(dist):
+    # A rank that tears its gloo pairs down while its peer is still reading the last collective can abort the
+    # peer ("terminate called without an active exception", seen once in CI); meet once more before leaving.
+    dist.barrier()
+
+
 def _worker(rank, world, port, out_path):
     import torch.distributed as dist
 
@@ -36,6 +42,7 @@ def _worker(rank, world, port, out_path):
         full, inc, tokens = _run(model)
         if rank == 0:
             torch.save({"full": full, "inc": inc, "tokens": tokens}, out_path)
+        _quiesce(dist)
     finally:
         dist.destroy_process_group()
 
@@ -78,6 +85,7 @@ def _lockstep_worker(rank, world, port, out_path):
             seen = []
             follow(engine, tp, lambda evs: seen.extend((e.request_id, e.token_id) for e in evs))
             torch.save(seen, out_path + ".follower")
+            _quiesce(dist)
             return
         drv = LockstepEngine(engine, tp)
         drv.add(GenerationRequest("greedy", IDS[0].tolist(), GREEDY))
@@ -111,6 +119,7 @@ def _lockstep_worker(rank, world, port, out_path):
         drv.shutdown()
         torch.save({"got": got, "reasons": reasons, "seen": seen,
                     "cached": drv.engine.stats.cached_prompt_tokens - again}, out_path)
+        _quiesce(dist)
     finally:
         dist.destroy_process_group()
 
