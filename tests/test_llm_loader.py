@@ -39,6 +39,16 @@ def test_sharded_checkpoint_loads_every_tensor_untied(chat_dir):
     assert not torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
 
 
+def test_cpu_load_stores_the_head_column_major(chat_dir):
+    model = load_step1(chat_dir, dtype="float32")
+    w = model.lm_head.weight
+    assert w.stride() == (1, w.shape[0])  # (V, H) values over (H, V) row-major storage
+    ref = _all_tensors(chat_dir)["lm_head.weight"].float()
+    assert torch.equal(w, ref)
+    x = torch.randn(3, w.shape[1], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.lm_head(x), x @ ref.t(), rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_and_single_file(chat_dir, tmp_path):
     assert load_step1(chat_dir).lm_head.weight.dtype == torch.bfloat16  # config torch_dtype
     single = tmp_path / "single"

@@ -111,6 +111,8 @@ def load_step1(
 
             n = module.n_heads
             module.slopes = alibi_slopes(cfg.num_attention_heads)[tp.rank * n : (tp.rank + 1) * n].to(device)
+    if torch.device(device).type == "cpu":
+        model.column_major_head()
     return model.eval()
 
 
