@@ -155,3 +155,38 @@ class Graveyard:
     def clear(self) -> None:
         with self._lock:
             self._graves.clear()
+
+
+class Gauge:
+    """One labelled gauge of a custom Triton metric family, released in ``close()``.
+
+    Triton 2.51's stub tells the server about a metric's end from the metric's destructor, through its
+    shared-memory pool. A metric still referenced when the stub tears down (after ``finalize``) is
+    destroyed after that pool is gone: the stub then segfaults in ``Metric::SaveToSharedMemory`` (at
+    every unload, for every model holding a metric). ``close()`` from ``finalize`` drops it in time.
+    ``pb_utils`` is passed in (it exists only inside the stub); without custom metrics the gauge is a
+    no-op and says so in ``available``."""
+
+    def __init__(self, pb_utils, name: str, description: str, labels: dict[str, str], log=None):
+        self._family = self._metric = None
+        try:
+            self._family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
+            self._metric = self._family.Metric(labels=labels)
+        except Exception as exc:  # custom metrics are optional (e.g. disabled on the server)
+            self._family = self._metric = None
+            if log is not None:
+                log.warning("custom metric %s unavailable: %s", name, exc)
+
+    @property
+    def available(self) -> bool:
+        return self._metric is not None
+
+    def set(self, value: float) -> None:
+        metric = self._metric
+        if metric is not None:
+            metric.set(value)
+
+    def close(self) -> None:
+        """Releases the metric, then its family (a family must outlive its metrics)."""
+        self._metric = None
+        self._family = None

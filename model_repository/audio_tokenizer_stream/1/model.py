@@ -8,7 +8,7 @@ import triton_python_backend_utils as pb_utils
 
 from client import tensors as T
 from stepaudio.audio.preprocess import AudioInputError
-from stepaudio.serving_utils import instance_device, model_parameters, providers
+from stepaudio.serving_utils import Gauge, instance_device, model_parameters, providers
 from stepaudio.tokenizer.streams import Chunk
 from stepaudio.tokenizer.tokens import token_string
 
@@ -45,16 +45,9 @@ class TritonPythonModel:
             max_streams=int(p["max_streams"]),
         )
         self.streams.start_sweeper()
-        self._gauge = None
-        try:
-            # The family must outlive its metrics, so the instance keeps it.
-            self._family = family = pb_utils.MetricFamily(
-                name="audio_tokenizer_open_streams", description="Open streaming tokenizer sessions",
-                kind=pb_utils.MetricFamily.GAUGE)
-            self._gauge = family.Metric(labels={"model": args["model_name"], "instance": args["model_instance_name"]})
-            self.streams.on_change = self._gauge.set
-        except Exception:  # custom metrics are optional
-            log.warning("custom metrics unavailable")
+        self._gauge = Gauge(pb_utils, "audio_tokenizer_open_streams", "Open streaming tokenizer sessions",
+                            {"model": args["model_name"], "instance": args["model_instance_name"]}, log)
+        self.streams.on_change = self._gauge.set
 
     def _chunk(self, request):
         audio = pb_utils.get_input_tensor_by_name(request, T.STREAM_AUDIO.name).as_numpy()
@@ -98,3 +91,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.streams.clear()
+        self.streams.on_change = None
+        self._gauge.close()

@@ -10,7 +10,7 @@ import triton_python_backend_utils as pb_utils
 from client import tensors as T
 from stepaudio.llm.engine import RequestError
 from stepaudio.llm.sampling import SamplingError, SamplingParams
-from stepaudio.serving_utils import LoopThread, instance_device, model_parameters
+from stepaudio.serving_utils import Gauge, LoopThread, instance_device, model_parameters
 
 log = logging.getLogger("llm")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -82,14 +82,9 @@ class TritonPythonModel:
             top_p=float(p["default_top_p"]), max_new_tokens=int(p["default_max_new_tokens"]),
             repetition_window=int(p["repetition_window"]))
         self.specs = T.LLM_INPUTS
-        self._gauge = None
-        try:  # open generation streams, so a client can verify that a cancel reached the engine
-            self._family = pb_utils.MetricFamily(name="llm_active_requests", description="Running generation requests",
-                                                 kind=pb_utils.MetricFamily.GAUGE)
-            self._gauge = self._family.Metric(labels={"model": args["model_name"],
-                                                      "instance": args["model_instance_name"]})
-        except Exception:
-            log.warning("custom metrics unavailable")
+        # open generation streams, so a client can verify that a cancel reached the engine
+        self._gauge = Gauge(pb_utils, "llm_active_requests", "Running generation requests",
+                            {"model": args["model_name"], "instance": args["model_instance_name"]}, log)
 
     def execute(self, requests):
         # Decoupled: read each request's inputs here, then serve it on the model's own loop and return.
@@ -142,8 +137,7 @@ class TritonPythonModel:
             self._count()
 
     def _count(self):
-        if self._gauge is not None:
-            self._gauge.set(self.engine.active)
+        self._gauge.set(self.engine.active)
 
     async def _watch_cancel(self, sender, request_id):
         while True:
@@ -158,6 +152,5 @@ class TritonPythonModel:
         if self.tp_group is not None:
             self.engine.engine.shutdown()
             self.tp_group.wait()
-        # The stub's own teardown after this point has been seen to fault (no Python frame, every unload,
-        # harmless): the handler is for crashes while serving.
-        faulthandler.disable()
+        self._gauge.close()  # before the stub's teardown (see Gauge)
+        faulthandler.disable()  # the handler is for crashes while serving

@@ -7,7 +7,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from client import tensors as T
-from stepaudio.serving_utils import instance_device, model_parameters
+from stepaudio.serving_utils import Gauge, instance_device, model_parameters
 
 log = logging.getLogger("token2wav")
 DECODERS = ("CosyVoice-300M-25Hz", "CosyVoice-300M-25Hz-Music")
@@ -38,13 +38,9 @@ class TritonPythonModel:
         self.streams = Token2WavStreams(decoders, idle_timeout_s=float(p["idle_timeout_s"]),
                                         max_streams=int(p["max_streams"]), policy=policy)
         self.streams.start_sweeper()
-        try:  # the family must outlive its metrics, so the instance keeps it
-            self._family = pb_utils.MetricFamily(name="token2wav_open_streams", description="Open token2wav streams",
-                                                 kind=pb_utils.MetricFamily.GAUGE)
-            gauge = self._family.Metric(labels={"model": args["model_name"], "instance": args["model_instance_name"]})
-            self.streams.on_change = gauge.set
-        except Exception:
-            log.warning("custom metrics unavailable")
+        self._gauge = Gauge(pb_utils, "token2wav_open_streams", "Open token2wav streams",
+                            {"model": args["model_name"], "instance": args["model_instance_name"]}, log)
+        self.streams.on_change = self._gauge.set
 
     def _push(self, request):
         from stepaudio.tts.streams import StreamVoice
@@ -89,3 +85,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.streams.close()
+        self.streams.on_change = None
+        self._gauge.close()
