@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, csv_of, machine_info, model_cpu_s, percentiles, write_result
+from controller.clauses import ClausePolicy
 
 NAME = "concurrency_bench"
 GOAL_SESSIONS = 16
@@ -238,6 +239,10 @@ def parse_args(argv):
     p.add_argument("--max-level-s", type=float, default=240.0, help="no new turn starts after this")
     p.add_argument("--max-reply-tokens", type=int, default=24, help="chat tokens per reply")
     p.add_argument("--tts-max-new-tokens", type=int, default=50, help="speech tokens per clause (1.2 s)")
+    p.add_argument("--tts-later-first-chunk-tokens", type=int, default=ClausePolicy.later_first_chunk_tokens,
+                   help="the controller's larger first chunk for a reply's later clauses (0: off)")
+    p.add_argument("--tts-later-min-ahead-s", type=float, default=ClausePolicy.later_min_ahead_s,
+                   help="queued reply audio needed for that larger first chunk")
     p.add_argument("--pause-ms", type=int, default=200, help="silence that starts a speculative reply")
     p.add_argument("--no-speculation", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -269,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         stack = es.enter_context(BenchStack(args.variant, args.checkpoints, args.set, triton_url=args.triton))
         ctl = es.enter_context(stack.controller(
             speculation=not args.no_speculation, seed=args.seed, pause_ms=args.pause_ms,
-            max_reply_tokens=args.max_reply_tokens, tts_max_new_tokens=args.tts_max_new_tokens))
+            max_reply_tokens=args.max_reply_tokens, tts_max_new_tokens=args.tts_max_new_tokens,
+            clause_policy=ClausePolicy(later_first_chunk_tokens=args.tts_later_first_chunk_tokens or None,
+                                       later_min_ahead_s=args.tts_later_min_ahead_s)))
         log("warm-up: one session, one turn ...")
         run_level(1, 1, ctl.port, stack.triton.pid if stack.triton else args.server_pgid, args)
         return stack, ctl

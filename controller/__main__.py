@@ -25,7 +25,8 @@ def _config(args: argparse.Namespace) -> ControllerConfig:
         speculate_tts=not args.no_speculate_tts, max_reply_tokens=args.max_reply_tokens,
         tts_max_new_tokens=args.tts_max_new_tokens or None, max_context_tokens=args.max_context_tokens,
         temperature=args.temperature, seed=args.seed, response_timeout_s=args.response_timeout_s,
-        clause_policy=ClausePolicy(later_first_chunk_tokens=args.tts_later_first_chunk_tokens or None),
+        clause_policy=ClausePolicy(later_first_chunk_tokens=args.tts_later_first_chunk_tokens or None,
+                                   later_min_ahead_s=args.tts_later_min_ahead_s),
         **({"default_instructions": args.instructions} if args.instructions is not None else {}),
     )
 
@@ -46,7 +47,7 @@ async def _serve(cfg: ControllerConfig, triton_wait_s: float) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m controller")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="serve the OpenAI Realtime protocol on top of Triton")
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tts-later-first-chunk-tokens", type=int, default=d.clause_policy.later_first_chunk_tokens,
                    help="speech tokens before the first audio of a reply's later clauses, when enough audio is "
                         "queued (fewer token2wav runs); 0: the model's first chunk")
+    p.add_argument("--tts-later-min-ahead-s", type=float, default=d.clause_policy.later_min_ahead_s,
+                   help="reply audio that must be queued for a later clause to use that larger first chunk")
     p.add_argument("--max-context-tokens", type=int, default=d.max_context_tokens)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -80,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="a Triton stream silent this long fails its reply")
     p.add_argument("--triton-wait-s", type=float, default=120.0, help="how long to wait for Triton to answer")
     p.add_argument("--log-level", default=os.environ.get("CONTROLLER_LOG_LEVEL", "INFO"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _config(args)
     try:

@@ -64,3 +64,6 @@ class ControllerConfig:
         first = self.clause_policy.later_first_chunk_tokens
         if first is not None and not 1 <= first <= 1000:  # the tts model's range for first_chunk_tokens
             raise ValueError(f"tts later-clause first chunk must be 1..1000 speech tokens (0: off), got {first}")
+        ahead = self.clause_policy.later_min_ahead_s
+        if not 0 <= ahead < float("inf"):
+            raise ValueError(f"tts later-clause min ahead must be a finite number of seconds >= 0, got {ahead}")

@@ -72,6 +72,19 @@ def test_later_clause_first_chunk_is_checked():
             ControllerConfig(clause_policy=ClausePolicy(later_first_chunk_tokens=bad)).check()
     ControllerConfig(clause_policy=ClausePolicy(later_first_chunk_tokens=None)).check()
     assert main(["serve", "--tts-later-first-chunk-tokens", "-5"]) == 2  # a clear error, not a traceback
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="later-clause min ahead"):
+            ControllerConfig(clause_policy=ClausePolicy(later_min_ahead_s=bad)).check()
+    assert main(["serve", "--tts-later-min-ahead-s", "-1"]) == 2
+
+
+def test_later_clause_policy_comes_from_the_command_line():
+    from controller.__main__ import _config, _parser
+
+    cfg = _config(_parser().parse_args(["serve", "--tts-later-first-chunk-tokens", "40", "--tts-later-min-ahead-s", "1.2"]))
+    assert (cfg.clause_policy.later_first_chunk_tokens, cfg.clause_policy.later_min_ahead_s) == (40, 1.2)
+    off = _config(_parser().parse_args(["serve", "--tts-later-first-chunk-tokens", "0"]))
+    assert off.clause_policy.later_first_chunk_tokens is None
 
 
 def test_session_limit_and_frame_limits():
