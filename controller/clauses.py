@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 _ENDERS = "。！？；：，、,.!?;:…\n"
 _CLOSERS = "\"'”’）)」』】》"
 _MARKUP = re.compile(r"<[^<>\s]{1,40}>")
+SPEECH_TOKENS_PER_S = 125 / 3  # Step-Audio: 2 vq02 + 3 vq06 tokens per 120 ms
 
 
 @dataclass(frozen=True)
@@ -25,15 +26,23 @@ class ClausePolicy:
     min_chars: int = 12
     max_chars: int = 120
     # A later clause's TTS waits for this many speech tokens (about 1.2 s) before its first audio, instead of
-    # the model's small first chunk, when at least ``later_min_ahead_s`` of the reply's audio is still queued
-    # ahead of the listener: each token2wav flow run re-reads the whole voice prompt, so one run instead of
-    # two per short clause saves ~40% of token2wav's work. None: always the model's first chunk.
+    # the model's small first chunk, when the reply's queued audio covers the wait: each token2wav flow run
+    # re-reads the whole voice prompt, so one run instead of two per short clause saves ~40% of token2wav's
+    # work. The wait is predicted from the pace of the reply's previous clause (wall seconds per second of
+    # audio it delivered), so a loaded server, whose clauses come slower, falls back to the small chunk
+    # instead of leaving the listener in silence; at least ``later_min_ahead_s`` must be queued beyond it.
+    # None: always the model's first chunk.
     later_first_chunk_tokens: int | None = 50
     later_min_ahead_s: float = 0.5
 
-    def tts_first_chunk(self, clause_index: int, audio_ahead_s: float) -> int | None:
-        """The ``first_chunk_tokens`` to ask for clause ``clause_index`` (None: the model's default)."""
-        if clause_index == 0 or self.later_first_chunk_tokens is None or audio_ahead_s < self.later_min_ahead_s:
+    def tts_first_chunk(self, clause_index: int, audio_ahead_s: float,
+                        pace_s_per_audio_s: float | None = None) -> int | None:
+        """The ``first_chunk_tokens`` to ask for clause ``clause_index`` (None: the model's default).
+        ``pace_s_per_audio_s``: how long the previous clause took per second of its audio (None: unknown)."""
+        if clause_index == 0 or self.later_first_chunk_tokens is None:
+            return None
+        wait_s = 0.0 if pace_s_per_audio_s is None else pace_s_per_audio_s * self.later_first_chunk_tokens / SPEECH_TOKENS_PER_S
+        if audio_ahead_s < wait_s + self.later_min_ahead_s:
             return None
         return self.later_first_chunk_tokens
 

@@ -178,7 +178,7 @@ class Reply:
         result: dict[str, Any] = {"reason": "stop", "text": ""}
         chat = asyncio.create_task(self._chat_clauses(clauses, usage, result))
         try:
-            n, audio_s = 0, 0.0
+            n, audio_s, pace = 0, 0.0, None
             while (clause := await clauses.get()) is not None:
                 # a speculation may run its first clause's TTS; the rest waits for the commit
                 if n > 0 or not self.speculate_tts:
@@ -186,11 +186,11 @@ class Reply:
                 self.outputs.put_nowait(TextOut(clause))
                 log.debug("%s: tts of clause %d (%d chars)", self.id, n, len(clause))
                 tts = self.request.tts
-                first_chunk = self.clause_policy.tts_first_chunk(n, self._audio_ahead_s(audio_s))
+                first_chunk = self.clause_policy.tts_first_chunk(n, self._audio_ahead_s(audio_s), pace)
                 if first_chunk is not None:
                     tts = dataclasses.replace(tts, first_chunk_tokens=first_chunk)
                 stream = self.backend.tts(clause, tts, self._request_id(f"tts{n}"))
-                samples, tts_reason = 0, ""
+                samples, tts_reason, t_tts = 0, "", time.perf_counter()
                 async with contextlib.aclosing(stream):
                     async for chunk in stream:
                         tts_reason = chunk.finish_reason or tts_reason
@@ -200,6 +200,8 @@ class Reply:
                             if self.t_first_audio is None:
                                 self.t_first_audio = time.perf_counter() - self.t_start
                             self.outputs.put_nowait(AudioOut(chunk.audio, chunk.sample_rate_hz))
+                if samples:  # includes the request's fixed costs (prefill, first chunk): a cautious estimate
+                    pace = (time.perf_counter() - t_tts) / (samples / chunk.sample_rate_hz)
                 if samples == 0:  # the TTS LM gave no audio tokens (the random tiny one can): the clause is silent
                     self.silent_clauses += 1
                     log.warning("%s: the TTS of clause %d (%r) returned no audio (finish_reason %r)", self.id, n,

@@ -461,3 +461,35 @@ def test_clause_policy_first_chunk_rule():
     assert p.tts_first_chunk(0, 5.0) is None  # the first clause: the first audio waits for it
     assert p.tts_first_chunk(1, 0.6) == 60 and p.tts_first_chunk(3, 0.49) is None
     assert ClausePolicy(later_first_chunk_tokens=None).tts_first_chunk(2, 5.0) is None
+    # the previous clause took 0.5 s per second of audio: 50 tokens (1.2 s of audio) need ~0.6 s, plus 0.5 s
+    p = ClausePolicy(later_first_chunk_tokens=50, later_min_ahead_s=0.5)
+    assert p.tts_first_chunk(1, 1.2, pace_s_per_audio_s=0.5) == 50
+    assert p.tts_first_chunk(1, 1.0, pace_s_per_audio_s=0.5) is None
+    assert p.tts_first_chunk(1, 1.0, pace_s_per_audio_s=None) == 50  # pace unknown: the queued audio alone
+
+
+def test_a_slow_server_keeps_the_small_first_chunk_for_later_clauses():
+    """Clauses arriving at 0.7 s per second of audio: waiting for 50 tokens would empty the queue."""
+    from controller.clauses import ClausePolicy
+
+    class SlowTts(FakeBackend):
+        def tts(self, text, params, request_id):
+            inner = super().tts(text, params, request_id)
+
+            async def paced():
+                async for chunk in inner:
+                    await asyncio.sleep(0.35)
+                    yield chunk
+            return paced()
+
+    async def go(backend):
+        request = ReplyRequest(messages=[{"role": "user", "content": "hi"}], chat=ChatParams(), tts=TtsParams(),
+                               audio=True)
+        reply = Reply(backend, request, clause_policy=ClausePolicy(min_chars=4)).start()
+        while not isinstance(await asyncio.wait_for(reply.outputs.get(), 10), ReplyEnd):
+            pass
+        return [c.payload["params"].first_chunk_tokens for c in backend.calls if c.kind == "tts"]
+
+    text = ("Hello there.", " How are you today?")
+    assert run(go(SlowTts(reply_text=text, tts_chunks=2, tts_chunk_s=0.5))) == [None, None]
+    assert run(go(FakeBackend(reply_text=text, tts_chunks=2, tts_chunk_s=0.5))) == [None, 50]
