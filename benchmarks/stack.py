@@ -35,7 +35,6 @@ from pathlib import Path
 
 VARIANTS = ("stock", "audio_only")
 TTS_DIR = "Step-Audio-TTS-3B"
-SPEECH_TOKENS_PER_S = 125 / 3  # 5 flow tokens per 120 ms group
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 

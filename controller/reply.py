@@ -190,7 +190,7 @@ class Reply:
                 if first_chunk is not None:
                     tts = dataclasses.replace(tts, first_chunk_tokens=first_chunk)
                 stream = self.backend.tts(clause, tts, self._request_id(f"tts{n}"))
-                samples, tts_reason, t_tts = 0, "", time.perf_counter()
+                samples, tts_reason, t_tts, audio_before_s = 0, "", time.perf_counter(), audio_s
                 async with contextlib.aclosing(stream):
                     async for chunk in stream:
                         tts_reason = chunk.finish_reason or tts_reason
@@ -201,7 +201,7 @@ class Reply:
                                 self.t_first_audio = time.perf_counter() - self.t_start
                             self.outputs.put_nowait(AudioOut(chunk.audio, chunk.sample_rate_hz))
                 if samples:  # includes the request's fixed costs (prefill, first chunk): a cautious estimate
-                    pace = (time.perf_counter() - t_tts) / (samples / chunk.sample_rate_hz)
+                    pace = (time.perf_counter() - t_tts) / (audio_s - audio_before_s)
                 if samples == 0:  # the TTS LM gave no audio tokens (the random tiny one can): the clause is silent
                     self.silent_clauses += 1
                     log.warning("%s: the TTS of clause %d (%r) returned no audio (finish_reason %r)", self.id, n,

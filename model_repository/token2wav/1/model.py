@@ -85,5 +85,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.streams.close()
-        self.streams.on_change = None
-        self._gauge.close()
+        self._gauge.close()  # before the stub's teardown (see Gauge); on_change then does nothing
