@@ -60,6 +60,9 @@ class LlmConfig:
     default_max_new_tokens: int = 512
     repetition_window: int = 0
     tensor_parallel_size: int = 1  # > 1: the instance starts and drives this many ranks (one GPU each)
+    # tts_lm only: "audio" computes logits for the 5120 audio ids and the stop id alone (5121 of 74752
+    # lm_head rows) and samples among them; "full" (the reference) samples over the whole vocabulary.
+    output_vocab: str = "full"
 
 
 def _tts_lm_defaults() -> LlmConfig:
@@ -218,6 +221,10 @@ def validate(cfg: DeploymentConfig) -> None:
             raise ConfigError(f"{name}.tensor_parallel_size must be >= 1")
         if section.tensor_parallel_size > 1 and section.instances != 1:
             raise ConfigError(f"{name}: a tensor-parallel deployment runs one instance (it spans the GPUs)")
+        if section.output_vocab not in ("full", "audio"):
+            raise ConfigError(f"{name}.output_vocab={section.output_vocab!r}: full | audio")
+        if section.output_vocab == "audio" and (name != "tts_lm" or section.tensor_parallel_size > 1):
+            raise ConfigError(f"{name}.output_vocab=audio: only for tts_lm, without tensor parallelism")
     if cfg.tts.instances < 1:
         raise ConfigError("tts.instances must be >= 1")
     if cfg.asr.max_batch_size < 1 or cfg.asr.max_audio_s <= 0:

@@ -44,6 +44,15 @@ def test_every_parameter_a_model_reads_is_rendered(ckpt, tmp_path):
             assert f'key: "{key}"' in config, f"{model_dir.name} reads {key} but its config lacks it"
 
 
+def test_output_vocab_reaches_tts_lm_only(ckpt):
+    from export.render import MODELS
+
+    cfg = load_config("cpu", ckpt, ["tts_lm.output_vocab=audio"])
+    params = {m.name: str(m.values(cfg)["parameters"]) for m in MODELS if m.name in ("tts_lm", "chat_llm")}
+    key = 'key: "output_vocab" value { string_value: "%s" }'
+    assert key % "audio" in params["tts_lm"] and key % "full" in params["chat_llm"]
+
+
 def test_gpu_preset(ckpt, tmp_path):
     build_repository(load_config("gpu", ckpt), tmp_path / "repo")
     text = (tmp_path / "repo" / "audio_tokenizer_stream" / "config.pbtxt").read_text()
@@ -75,6 +84,8 @@ def test_strict_rendering():
         ("audio_tokenizer_stream.segment_ms=1000", "multiple of 120"),
         ("audio_tokenizer_stream.normalization=loud", "running"),
         ("audio_tokenizer.device=tpu", "cpu | cuda"),
+        ("tts_lm.output_vocab=text", "full | audio"),
+        ("chat_llm.output_vocab=audio", "only for tts_lm"),
         ("justtext", "section.field=value"),
     ],
 )

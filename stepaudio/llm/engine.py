@@ -106,6 +106,9 @@ class Engine:
         bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
         if bad:
             raise RequestError(f"token ids outside the vocabulary [0, {self.cfg.vocab_size}): {bad[:5]}")
+        columns = self.model.output_columns
+        if columns is not None and not all(t in columns for t in req.params.stop_ids):
+            raise RequestError(f"stop ids {list(req.params.stop_ids)} are not all among this model's output ids")
 
     def add(self, req: GenerationRequest) -> None:
         self.validate(req)
@@ -209,7 +212,7 @@ class Engine:
     def _accept(self, seqs: list[_Seq], logits: torch.Tensor) -> list[TokenEvent]:
         """Samples one token per sequence from (B, V) logits, all rows at once."""
         tokens = sample_rows(logits, [s.req.params for s in seqs], [s.tokens for s in seqs],
-                             [s.generator for s in seqs])
+                             [s.generator for s in seqs], self.model.output_columns)
         events = []
         for seq, token in zip(seqs, tokens, strict=True):
             events += self._take(seq, token)

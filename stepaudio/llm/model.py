@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stepaudio.llm.config import Step1Config
+from stepaudio.llm.sampling import OutputColumns
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -188,6 +189,32 @@ class Step1ForCausalLM(nn.Module):
             raise ValueError(f"vocab_size {cfg.vocab_size} cannot be split over {self.tp.size} ranks")
         self.model = Step1Model(cfg, self.tp)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size // self.tp.size, bias=False)
+        self.output_columns: OutputColumns | None = None  # set by restrict_head: logits for these ids only
+
+    def restrict_head(self, ids) -> OutputColumns:
+        """Keeps only the ``lm_head`` rows of ``ids``: logits then have one column per kept id (ascending
+        ids; ``output_columns`` maps them back), and sampling can only pick those ids.
+
+        For the TTS LM, whose output the flow decoder reads as audio ids (65536 + 0..5119) ended by the
+        stop id: the head is then 5121 rows instead of 74752, which on a small model is most of a
+        decode step. The distribution over the kept ids is renormalised, which is the reference's
+        whenever top-k picks only kept ids (a TTS LM puts next to no mass elsewhere).
+        """
+        if self.tp.size > 1:
+            raise ValueError("a restricted head is not supported with tensor parallelism")
+        if self.output_columns is not None:
+            raise ValueError("the head is already restricted")
+        columns = OutputColumns(ids)
+        if int(columns.ids[0]) < 0 or int(columns.ids[-1]) >= self.config.vocab_size:
+            raise ValueError(f"output ids must be in [0, {self.config.vocab_size}), got "
+                             f"{int(columns.ids[0])}..{int(columns.ids[-1])}")
+        w = self.lm_head.weight
+        column_major = w.dim() == 2 and w.stride(0) == 1 and w.shape[1] > 1
+        kept = w.data.index_select(0, columns.ids.to(w.device))
+        w.data = kept.t().contiguous().t() if column_major else kept
+        self.lm_head.out_features = len(columns)
+        self.output_columns = columns
+        return columns
 
     def column_major_head(self) -> None:
         """Stores lm_head's weight (V, H) column-major, (H, V) row-major underneath: the same values.

@@ -55,6 +55,7 @@ __all__ = [
     "decoder_for",
     "detect_instruction",
     "select_system_prompt",
+    "tts_output_ids",
 ]
 
 BOS_ID = 1
@@ -62,6 +63,14 @@ EOT_ID = 3
 BOT_ID = 4
 AUDIO_TOKEN_OFFSET = 65536
 N_AUDIO_TOKENS = 5120
+
+
+
+def tts_output_ids() -> list[int]:
+    """What the flow decoder can voice and what ends a TTS reply: the audio ids and the stop id
+    (a TTS LM's restricted head, ``Step1ForCausalLM.restrict_head``)."""
+    return [EOT_ID, *range(AUDIO_TOKEN_OFFSET, AUDIO_TOKEN_OFFSET + N_AUDIO_TOKENS)]
+
 
 COMMON_DECODER = "CosyVoice-300M-25Hz"
 MUSIC_DECODER = "CosyVoice-300M-25Hz-Music"

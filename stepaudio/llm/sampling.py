@@ -55,13 +55,35 @@ class SamplingParams:
         return cls(**{**base, **kw})
 
 
-def apply_repetition_ban(logits: torch.Tensor, history: list[int], window: int, threshold: float) -> None:
+def apply_repetition_ban(logits: torch.Tensor, history: list[int], window: int, threshold: float,
+                         columns: OutputColumns | None = None) -> None:
     if window <= 0 or len(history) < window:
         return
     recent = history[-window:]
     last = recent[-1]
     if recent.count(last) / window > threshold:
-        logits[last] = float("-inf")
+        col = last if columns is None else columns.column(last)
+        if col is not None:  # an id outside the output columns cannot be drawn anyway
+            logits[col] = float("-inf")
+
+
+class OutputColumns:
+    """The vocabulary ids a restricted head computes logits for: column j is id ``ids[j]`` (ascending)."""
+
+    def __init__(self, ids):
+        self.ids = torch.as_tensor(sorted({int(i) for i in ids}), dtype=torch.long)
+        if self.ids.numel() == 0:
+            raise ValueError("a restricted head needs at least one output id")
+        self._column = {int(t): j for j, t in enumerate(self.ids.tolist())}
+
+    def __len__(self) -> int:
+        return self.ids.numel()
+
+    def column(self, token_id: int) -> int | None:
+        return self._column.get(token_id)
+
+    def __contains__(self, token_id: int) -> bool:
+        return token_id in self._column
 
 
 def _top_p_keep(sorted_logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -71,9 +93,10 @@ def _top_p_keep(sorted_logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return (probs.cumsum(-1) - probs) <= top_p
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, history: list[int], generator: torch.Generator | None) -> int:
+def sample(logits: torch.Tensor, params: SamplingParams, history: list[int], generator: torch.Generator | None,
+           columns: OutputColumns | None = None) -> int:
     """Pick the next token from (V,) float32 logits."""
-    return sample_rows(logits[None], [params], [history], [generator])[0]
+    return sample_rows(logits[None], [params], [history], [generator], columns)[0]
 
 
 def _rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -86,8 +109,9 @@ def sample_rows(
     params: list[SamplingParams],
     histories: list[list[int]],
     generators: list[torch.Generator | None],
+    columns: OutputColumns | None = None,  # logits cover these ids only (None: the whole vocabulary)
 ) -> list[int]:
-    """Next tokens for a decode batch, one row per sequence.
+    """Next tokens for a decode batch, one row per sequence (vocabulary ids).
 
     The distribution is the usual temperature -> top-k -> top-p -> softmax. With top-k on (the TTS and
     chat defaults), a row is sampled among its k candidates only: one batched top-k, then a softmax
@@ -95,7 +119,7 @@ def sample_rows(
     """
     logits = logits.float().clone()
     for i, (p, h) in enumerate(zip(params, histories, strict=True)):
-        apply_repetition_ban(logits[i], h, p.repetition_window, p.repetition_threshold)
+        apply_repetition_ban(logits[i], h, p.repetition_window, p.repetition_threshold, columns)
     out: list[int | None] = [None] * len(params)
     vocab = logits.shape[-1]
     greedy = [i for i, p in enumerate(params) if p.temperature == 0]
@@ -125,4 +149,6 @@ def sample_rows(
             sorted_logits, order = torch.sort(row, descending=True)
             row[order[~_top_p_keep(sorted_logits, p.top_p)]] = float("-inf")
         out[i] = int(torch.multinomial(torch.softmax(row, dim=-1), 1, generator=generators[i]))
+    if columns is not None:
+        return columns.ids[torch.tensor(out)].tolist()
     return out  # type: ignore[return-value]

@@ -73,6 +73,10 @@ class TritonPythonModel:
             engine = LockstepEngine(Engine(model, **engine_kwargs), self.tp_group.tp)
         else:
             model = load_step1(p["checkpoint_dir"], dtype=dtype, device=instance_device(args, p["device"]))
+            if p["output_vocab"] == "audio":
+                from stepaudio.llm.prompts import tts_output_ids
+
+                model.restrict_head(tts_output_ids())
             engine = Engine(model, **engine_kwargs)
         self.tokenizer = TextTokenizer(p["checkpoint_dir"])
         self.engine = AsyncEngine(engine)
