@@ -76,7 +76,10 @@ class TtsConfig:
     torch_threads: int = 1
     default_speaker: str = "Tingting"
     voice_cache_size: int = 32  # prepared clone prompts kept (LRU, keyed by audio hash)
-    push_tokens: int = 5  # speech tokens gathered before a push to token2wav (5 = one 120 ms group)
+    # true: a push to token2wav leaves exactly when token2wav can release a chunk (its chunk policy);
+    # false: every push_tokens speech tokens (5 = one 120 ms group). Also the tts_lm response size.
+    align_pushes: bool = True
+    push_tokens: int = 5
     max_streams: int = 64  # syntheses one instance runs at once (a thread each, mostly waiting on BLS)
 
 

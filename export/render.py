@@ -123,6 +123,12 @@ def _llm_values(name: str, mode: str, checkpoint: str) -> Callable[[DeploymentCo
     return values
 
 
+def _chunk_policy_params(cfg: DeploymentConfig) -> dict[str, object]:
+    t = cfg.token2wav
+    return {"first_chunk_tokens": t.first_chunk_tokens, "chunk_growth": t.chunk_growth,
+            "max_chunk_tokens": t.max_chunk_tokens, "lookahead_tokens": t.lookahead_tokens}
+
+
 def _tts_values(cfg: DeploymentConfig) -> dict[str, object]:
     s = cfg.tts
     return {
@@ -131,7 +137,9 @@ def _tts_values(cfg: DeploymentConfig) -> dict[str, object]:
         "outputs": _tensor_block("output", T.TTS_OUTPUTS),
         "instances": s.instances,
         "instance_kind": "KIND_CPU",
-        "parameters": _parameters({"tts_dir": cfg.checkpoints / TTS_DIR, "tokenizer_dir": cfg.checkpoints / TOKENIZER_DIR,
+        # token2wav's chunk policy, so tts pushes tokens exactly when a chunk is due
+        "parameters": _parameters({**_chunk_policy_params(cfg), "tts_dir": cfg.checkpoints / TTS_DIR,
+                                   "tokenizer_dir": cfg.checkpoints / TOKENIZER_DIR,
                                    "speakers_dir": cfg.checkpoints / SPEAKERS_DIR, **_section_params(s)}),
     }
 

@@ -63,6 +63,51 @@ def test_token2wav_pushes_groups_audio_ids_and_ends_with_the_rest():
         list(token2wav_pushes([], push_tokens=0))
 
 
+def _releases(pushes, policy):
+    """(LM batch index, chunk size) for every chunk a token2wav stream with ``policy`` releases when fed
+    ``pushes`` (an iterator of token2wav_pushes over numbered batches; the index is read as each push leaves)."""
+    from stepaudio.tts.chunking import plan_chunks
+
+    out, have, released = [], 0, 0
+    for (tokens, last), batch in pushes:
+        have += len(tokens)
+        while (size := plan_chunks(have, released, last, policy)) is not None:
+            released += size
+            out.append((batch, size))
+    return out
+
+
+@pytest.mark.parametrize("first", [None, 50, 3])
+def test_aligned_pushes_release_the_same_chunks_at_the_same_lm_position(first):
+    from stepaudio.tts.chunking import ChunkPolicy
+    from stepaudio.tts.pipeline import token2wav_pushes
+
+    a = 65536
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 8, 60)  # LM responses of 1..7 ids, some not audio
+    batches = [[a + int(x) if x % 9 else 7 for x in rng.integers(0, 5000, n)] for n in sizes]
+    policy = ChunkPolicy().with_first(first)
+    pos = {"i": -1}
+
+    def lm():
+        for i, b in enumerate(batches):
+            pos["i"] = i
+            yield b
+
+    def tagged(pushes):
+        for push in pushes:
+            yield push, pos["i"]
+
+    every_group = _releases(tagged(token2wav_pushes(lm(), 5)), policy)
+    one_per_push = _releases(tagged(token2wav_pushes(lm(), 1)), policy)
+    aligned_pushes = list(token2wav_pushes(lm(), 5, policy))
+    aligned = _releases(tagged(token2wav_pushes(lm(), 5, policy)), policy)
+    assert aligned == one_per_push  # every chunk as early as the finest pushing releases it
+    assert [s for _, s in aligned] == [s for _, s in every_group]
+    assert sum(len(t) for t, _ in aligned_pushes) == sum(len(t) for t, _ in token2wav_pushes(lm(), 5))
+    assert len(aligned_pushes) <= len(aligned) + 1 < len(list(token2wav_pushes(lm(), 5)))
+
+
 def test_cancel_board_flags_running_and_early_cancels():
     from stepaudio.serving_utils import CancelBoard
 

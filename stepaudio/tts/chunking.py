@@ -32,6 +32,18 @@ class ChunkPolicy:
         if self.growth < 1.0 or self.lookahead < 0:
             raise ValueError(f"bad chunk policy {self}: need growth >= 1 and lookahead >= 0")
 
+    @classmethod
+    def from_parameters(cls, p: dict[str, str]) -> ChunkPolicy:
+        """From a rendered model config's parameters (token2wav's, which tts also gets, to align its pushes)."""
+        return cls(first=int(p["first_chunk_tokens"]), growth=float(p["chunk_growth"]),
+                   cap=int(p["max_chunk_tokens"]), lookahead=int(p["lookahead_tokens"]))
+
+    def with_first(self, first: int | None) -> ChunkPolicy:
+        """This policy with another first chunk (None: unchanged); the cap grows to hold it."""
+        if first is None:
+            return self
+        return ChunkPolicy(first, self.growth, max(self.cap, first), self.lookahead, self.group)
+
     def hop(self, index: int) -> int:
         """Size of chunk number ``index`` (0 = the first chunk)."""
         size = min(float(self.cap), self.first * self.growth ** index)

@@ -14,7 +14,7 @@ import numpy as np
 
 from stepaudio.llm.prompts import TtsPrompt, build_tts_prompt
 from stepaudio.llm.text_tokenizer import TextTokenizer
-from stepaudio.tts.chunking import ChunkPolicy
+from stepaudio.tts.chunking import ChunkPolicy, plan_chunks
 from stepaudio.tts.token2wav import PromptVoice, Token2Wav
 from stepaudio.tts.voices import VoicePrompt
 
@@ -66,19 +66,30 @@ def stream_audio(
         session.close()
 
 
-def token2wav_pushes(llm_token_stream: Iterable[Iterable[int]], push_tokens: int = 5) -> Iterator[tuple[list[int], bool]]:
+def token2wav_pushes(llm_token_stream: Iterable[Iterable[int]], push_tokens: int = 5,
+                     policy: ChunkPolicy | None = None) -> Iterator[tuple[list[int], bool]]:
     """Groups streamed LM output into pushes for a token2wav stream: ``(flow tokens, is_last)``.
 
-    A push leaves once ``push_tokens`` flow tokens are gathered (one 120 ms group by default: a round
-    trip per LM token would cost more than it saves); the last push (``is_last``) carries the rest,
-    possibly nothing, once the LM stream ends.
+    With the stream's chunk ``policy`` a push leaves exactly when the tokens gathered so far let the
+    stream release a chunk (``plan_chunks``), so the chunks, and when each can start, are the same as
+    with a push per token group, in a few round trips instead (a 50-token clause: 2 pushes, not 11).
+    Without it a push leaves once ``push_tokens`` flow tokens are gathered. The last push
+    (``is_last``) carries the rest, possibly nothing, once the LM stream ends.
     """
     if push_tokens < 1:
         raise ValueError(f"push_tokens must be >= 1, got {push_tokens}")
     held: list[int] = []
+    sent = released = 0  # tokens pushed; tokens the stream has released in chunks (as it will count them)
     for ids in llm_token_stream:
         held += flow_tokens(ids)
-        if len(held) >= push_tokens:
+        if policy is None:
+            due = len(held) >= push_tokens
+        else:
+            due = plan_chunks(sent + len(held), released, False, policy) is not None
+        if due and held:
+            sent += len(held)
             yield held, False
             held = []
+            while policy is not None and (size := plan_chunks(sent, released, False, policy)) is not None:
+                released += size
     yield held, True

@@ -9,7 +9,6 @@ cannot go on), and after ``idle_timeout_s`` without a push. ``freed`` counts eac
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections import Counter
@@ -143,8 +142,7 @@ class Token2WavStreams:
         first = check_first_chunk_tokens(start.first_chunk_tokens)
         if first is None:
             return self.policy
-        base = self.policy or ChunkPolicy()
-        return dataclasses.replace(base, first=first, cap=max(base.cap, first))
+        return (self.policy or ChunkPolicy()).with_first(first)
 
     def _free(self, stream_id: int | str, reason: str) -> bool:
         with self._lock:

@@ -33,8 +33,7 @@ class TritonPythonModel:
         decoders = {name: load_token2wav(f"{p['tts_dir']}/{name}", device=device, n_timesteps=int(p["n_timesteps"]),
                                          onnx_dir=onnx_root and f"{onnx_root}/{name}", onnx_threads=int(p["onnx_threads"]))
                     for name in DECODERS}
-        policy = ChunkPolicy(first=int(p["first_chunk_tokens"]), growth=float(p["chunk_growth"]),
-                             cap=int(p["max_chunk_tokens"]), lookahead=int(p["lookahead_tokens"]))
+        policy = ChunkPolicy.from_parameters(p)
         self.streams = Token2WavStreams(decoders, idle_timeout_s=float(p["idle_timeout_s"]),
                                         max_streams=int(p["max_streams"]), policy=policy)
         self.streams.start_sweeper()

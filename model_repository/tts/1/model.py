@@ -79,10 +79,12 @@ class _Embedder:  # VoicePreparer's CAM++, served by speaker_embedding
 class TritonPythonModel:
     def initialize(self, args):
         from stepaudio.llm.text_tokenizer import TextTokenizer
+        from stepaudio.tts.chunking import ChunkPolicy
         from stepaudio.tts.mel import PromptMel
         from stepaudio.tts.voices import VoiceBank, VoicePreparer
 
         self.p = p = model_parameters(args)
+        self.chunk_policy = ChunkPolicy.from_parameters(p)  # token2wav's: pushes are aligned on its chunks
         self.tokenizer = TextTokenizer(p["tts_dir"])
         preparer = VoicePreparer(_PromptTokens(), _Embedder(),
                                  PromptMel.from_yaml(f"{p['tts_dir']}/CosyVoice-300M-25Hz/cosyvoice.yaml"))
@@ -188,7 +190,8 @@ class TritonPythonModel:
             first_chunk = check_first_chunk_tokens(None if first_chunk is None else first_chunk[0])
             held = []
             lm = self._lm_tokens(inputs, sender, job.prompt.ids, f"{rid}/tts_lm", stop)
-            for tokens, last in token2wav_pushes(lm, int(self.p["push_tokens"])):
+            policy = self.chunk_policy.with_first(first_chunk) if self.p["align_pushes"] == "true" else None
+            for tokens, last in token2wav_pushes(lm, int(self.p["push_tokens"]), policy):
                 if stop.is_set():
                     break
                 wav = self._push(corrid, tokens, (0 if opened else START) | (END if last else 0),
