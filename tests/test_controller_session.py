@@ -466,19 +466,24 @@ def test_clause_policy_first_chunk_rule():
     assert p.tts_first_chunk(1, 1.2, pace_s_per_audio_s=0.5) == 50
     assert p.tts_first_chunk(1, 1.0, pace_s_per_audio_s=0.5) is None
     assert p.tts_first_chunk(1, 1.0, pace_s_per_audio_s=None) == 50  # pace unknown: the queued audio alone
+    assert p.tts_first_chunk(1, 0.0, pace_s_per_audio_s=1.3) == 50  # slower than real time: fewer flow runs
+    assert p.tts_first_chunk(1, 0.0, pace_s_per_audio_s=0.9) is None
 
 
 def test_a_slow_server_keeps_the_small_first_chunk_for_later_clauses():
-    """Clauses arriving at 0.7 s per second of audio: waiting for 50 tokens would empty the queue."""
+    """Clauses arriving at ~0.75 s per second of audio: waiting for 50 tokens would empty the queue. Slower
+    than real time (~1.35 s per second), gaps come either way: the larger chunk saves a flow run."""
     from controller.clauses import ClausePolicy
 
     class SlowTts(FakeBackend):
+        delay_s = 0.25  # per chunk, the final (empty) one included: 3 per clause of 1 s of audio
+
         def tts(self, text, params, request_id):
             inner = super().tts(text, params, request_id)
 
             async def paced():
                 async for chunk in inner:
-                    await asyncio.sleep(0.35)
+                    await asyncio.sleep(self.delay_s)
                     yield chunk
             return paced()
 
@@ -492,4 +497,7 @@ def test_a_slow_server_keeps_the_small_first_chunk_for_later_clauses():
 
     text = ("Hello there.", " How are you today?")
     assert run(go(SlowTts(reply_text=text, tts_chunks=2, tts_chunk_s=0.5))) == [None, None]
+    slower = SlowTts(reply_text=text, tts_chunks=2, tts_chunk_s=0.5)
+    slower.delay_s = 0.45
+    assert run(go(slower)) == [None, 50]
     assert run(go(FakeBackend(reply_text=text, tts_chunks=2, tts_chunk_s=0.5))) == [None, 50]
