@@ -37,6 +37,10 @@ class ClausePolicy:
     # None: always the model's first chunk.
     later_first_chunk_tokens: int | None = 50
     later_min_ahead_s: float = 0.5
+    # Start a clause's TTS as soon as the previous clause has delivered audio (its chunks wait for their
+    # turn), instead of after the previous clause's last chunk: the set-up of the next clause (prompt,
+    # first tokens, first flow run) then overlaps the previous clause's playback. False: one at a time.
+    tts_ahead: bool = True
 
     def tts_first_chunk(self, clause_index: int, audio_ahead_s: float,
                         pace_s_per_audio_s: float | None = None) -> int | None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from controller.backend import Backend, BackendError, ChatParams, TtsParams
+from controller.clause_tts import ClauseSynth
 from controller.clauses import ClausePolicy, ClauseSegmenter
 from controller.events import new_id
 
@@ -89,6 +90,8 @@ class Reply:
         self.clauses = 0  # spoken (TTS requested)
         self.silent_clauses = 0  # whose TTS returned no samples
         self._task: asyncio.Task | None = None
+        self._synths: list[ClauseSynth] = []  # every clause TTS started, in order
+        self._audio_s = 0.0  # reply audio put on outputs
 
     def start(self) -> Reply:
         self._task = asyncio.create_task(self._run(), name=self.id)
@@ -166,49 +169,66 @@ class Reply:
         finally:
             clauses.put_nowait(None)
 
-    def _audio_ahead_s(self, audio_s: float) -> float:
+    def _audio_ahead_s(self) -> float:
         """Reply audio not yet played, assuming playback began with the first audio and never stalled (a
         speculation's audio waits for the commit, so it has at least this much ahead)."""
         if self.t_first_audio is None:
             return 0.0
-        return audio_s - (time.perf_counter() - self.t_start - self.t_first_audio)
+        return self._audio_s - (time.perf_counter() - self.t_start - self.t_first_audio)
 
-    async def _speak(self, usage: dict[str, int]) -> str:
-        clauses: asyncio.Queue[str | None] = asyncio.Queue()
-        result: dict[str, Any] = {"reason": "stop", "text": ""}
-        chat = asyncio.create_task(self._chat_clauses(clauses, usage, result))
+    async def _synthesise(self, clauses: asyncio.Queue, synths: asyncio.Queue) -> None:
+        """Starts each clause's TTS, in order: a clause once the previous one has delivered audio (or, with
+        ``tts_ahead`` off, finished), so at most two run at once; puts each ClauseSynth on ``synths``."""
+        prev: ClauseSynth | None = None
         try:
-            n, audio_s, pace = 0, 0.0, None
             while (clause := await clauses.get()) is not None:
+                n = len(self._synths)
                 # a speculation may run its first clause's TTS; the rest waits for the commit
                 if n > 0 or not self.speculate_tts:
                     await self._committed.wait()
-                self.outputs.put_nowait(TextOut(clause))
-                log.debug("%s: tts of clause %d (%d chars)", self.id, n, len(clause))
+                if prev is not None:
+                    await (prev.audible.wait() if self.clause_policy.tts_ahead else prev.chunks_read.wait())
+                # while the previous clause is still being synthesised, this one's audio is needed only after
+                # all of that clause has played: the queue is as good as long
+                ahead = float("inf") if prev is not None and not prev.done else self._audio_ahead_s()
+                pace = prev.pace_s_per_audio_s if prev is not None else None
+                first_chunk = self.clause_policy.tts_first_chunk(n, ahead, pace)
                 tts = self.request.tts
-                first_chunk = self.clause_policy.tts_first_chunk(n, self._audio_ahead_s(audio_s), pace)
                 if first_chunk is not None:
                     tts = dataclasses.replace(tts, first_chunk_tokens=first_chunk)
-                stream = self.backend.tts(clause, tts, self._request_id(f"tts{n}"))
-                samples, tts_reason, t_tts, audio_before_s = 0, "", time.perf_counter(), audio_s
-                async with contextlib.aclosing(stream):
-                    async for chunk in stream:
-                        tts_reason = chunk.finish_reason or tts_reason
-                        if len(chunk.audio):
-                            samples += len(chunk.audio)
-                            audio_s += len(chunk.audio) / chunk.sample_rate_hz
-                            if self.t_first_audio is None:
-                                self.t_first_audio = time.perf_counter() - self.t_start
-                            self.outputs.put_nowait(AudioOut(chunk.audio, chunk.sample_rate_hz))
-                if samples:  # includes the request's fixed costs (prefill, first chunk): a cautious estimate
-                    pace = (time.perf_counter() - t_tts) / (audio_s - audio_before_s)
-                if samples == 0:  # the TTS LM gave no audio tokens (the random tiny one can): the clause is silent
+                log.debug("%s: tts of clause %d (%d chars, first chunk %s)", self.id, n, len(clause), first_chunk)
+                prev = ClauseSynth(n, clause, self.backend.tts(clause, tts, self._request_id(f"tts{n}")))
+                self._synths.append(prev)
+                synths.put_nowait(prev)
+        finally:
+            synths.put_nowait(None)
+
+    async def _speak(self, usage: dict[str, int]) -> str:
+        clauses: asyncio.Queue[str | None] = asyncio.Queue()
+        synths: asyncio.Queue[ClauseSynth | None] = asyncio.Queue()
+        result: dict[str, Any] = {"reason": "stop", "text": ""}
+        chat = asyncio.create_task(self._chat_clauses(clauses, usage, result))
+        producer = asyncio.create_task(self._synthesise(clauses, synths))
+        try:
+            n = 0
+            while (synth := await synths.get()) is not None:
+                self.outputs.put_nowait(TextOut(synth.text))
+                while (chunk := await synth.chunks.get()) is not None:
+                    if isinstance(chunk, BaseException):
+                        raise chunk
+                    self._audio_s += len(chunk.audio) / chunk.sample_rate_hz
+                    if self.t_first_audio is None:
+                        self.t_first_audio = time.perf_counter() - self.t_start
+                    self.outputs.put_nowait(AudioOut(chunk.audio, chunk.sample_rate_hz))
+                synth.chunks_read.set()
+                if synth.samples == 0:  # the TTS LM gave no audio tokens (the random tiny one can): the clause is silent
                     self.silent_clauses += 1
                     log.warning("%s: the TTS of clause %d (%r) returned no audio (finish_reason %r)", self.id, n,
-                                clause, tts_reason)
-                self.outputs.put_nowait(ClauseEnd(clause))
+                                synth.text, synth.finish_reason)
+                self.outputs.put_nowait(ClauseEnd(synth.text))
                 n += 1
                 self.clauses = n
+            await producer
             await chat
             if "error" in result:
                 raise result["error"]
@@ -217,7 +237,10 @@ class Reply:
                             "no audio", self.id, result["text"])
             return result["reason"]
         finally:
-            if not chat.done():
-                chat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await chat
+            for task in (producer, chat):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            for synth in self._synths:
+                await synth.close()

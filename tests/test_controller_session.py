@@ -11,7 +11,7 @@ import pytest
 
 from controller import g711
 from controller.backend import ChatParams, TtsChunk, TtsParams
-from controller.reply import Reply, ReplyEnd, ReplyRequest
+from controller.reply import AudioOut, ClauseEnd, Reply, ReplyEnd, ReplyRequest, TextOut
 from controller.turns import TurnState
 from tests.controller_fakes import Call, FakeBackend, Harness, pcm16_b64, silence, speech
 
@@ -444,7 +444,7 @@ def test_later_clauses_ask_for_a_larger_first_chunk_when_audio_is_queued(min_ahe
                               tts_chunks=2, tts_chunk_s=0.5)  # 1 s of audio per clause, delivered at once
         request = ReplyRequest(messages=[{"role": "user", "content": "hi"}], chat=ChatParams(), tts=TtsParams(),
                                audio=True)
-        policy = ClausePolicy(min_chars=4, later_min_ahead_s=min_ahead_s)
+        policy = ClausePolicy(min_chars=4, later_min_ahead_s=min_ahead_s, tts_ahead=False)
         reply = Reply(backend, request, clause_policy=policy).start()
         while not isinstance(await asyncio.wait_for(reply.outputs.get(), 10), ReplyEnd):
             pass
@@ -490,7 +490,7 @@ def test_a_slow_server_keeps_the_small_first_chunk_for_later_clauses():
     async def go(backend):
         request = ReplyRequest(messages=[{"role": "user", "content": "hi"}], chat=ChatParams(), tts=TtsParams(),
                                audio=True)
-        reply = Reply(backend, request, clause_policy=ClausePolicy(min_chars=4)).start()
+        reply = Reply(backend, request, clause_policy=ClausePolicy(min_chars=4, tts_ahead=False)).start()
         while not isinstance(await asyncio.wait_for(reply.outputs.get(), 10), ReplyEnd):
             pass
         return [c.payload["params"].first_chunk_tokens for c in backend.calls if c.kind == "tts"]
@@ -501,3 +501,109 @@ def test_a_slow_server_keeps_the_small_first_chunk_for_later_clauses():
     slower.delay_s = 0.45
     assert run(go(slower)) == [None, 50]
     assert run(go(FakeBackend(reply_text=text, tts_chunks=2, tts_chunk_s=0.5))) == [None, 50]
+
+
+class _PacedTts(FakeBackend):
+    """Each TTS chunk (the final empty one included) comes ``delay_s`` after the previous; records when
+    each clause's stream started and ended, and can fail the stream of one clause after its first chunk."""
+
+    def __init__(self, delay_s=0.05, fail_clause=None, **kw):
+        super().__init__(**kw)
+        self.delay_s, self.fail_clause = delay_s, fail_clause
+        self.spans = []  # [text, t_start, t_end]
+        self.second_started: asyncio.Event | None = None  # set when the second clause's TTS starts
+
+    def tts(self, text, params, request_id):
+        from controller.backend import BackendError
+
+        inner = super().tts(text, params, request_id)
+        clause = len(self.spans)
+        span = [text, asyncio.get_running_loop().time(), None]
+        self.spans.append(span)
+        if len(self.spans) == 2 and self.second_started is not None:
+            self.second_started.set()
+
+        async def paced():
+            try:
+                async for i, chunk in _aenumerate(inner):
+                    await asyncio.sleep(self.delay_s)
+                    if clause == self.fail_clause and i == 1:
+                        raise BackendError("tts broke")
+                    yield chunk
+            finally:
+                span[2] = asyncio.get_running_loop().time()
+        return paced()
+
+
+async def _aenumerate(it):
+    i = 0
+    async for x in it:
+        yield i, x
+        i += 1
+
+
+def _reply_outputs(backend, **policy):
+    from controller.clauses import ClausePolicy
+
+    async def go():
+        request = ReplyRequest(messages=[{"role": "user", "content": "hi"}], chat=ChatParams(), tts=TtsParams(),
+                               audio=True)
+        reply = Reply(backend, request, clause_policy=ClausePolicy(min_chars=4, **policy)).start()
+        out = []
+        while not isinstance(o := await asyncio.wait_for(reply.outputs.get(), 10), ReplyEnd):
+            out.append(o)
+        return out, o
+    return run(go())
+
+
+def _kinds(outputs):
+    return [type(o).__name__ + (f":{o.text}" if hasattr(o, "text") else "") for o in outputs]
+
+
+def test_next_clause_tts_starts_at_the_previous_clause_first_audio_and_plays_in_order():
+    text = ("Hello there.", " How are you today?", " Fine, thanks.")
+    ahead = _PacedTts(reply_text=text, tts_chunks=3, tts_chunk_s=0.2)
+    out, end = _reply_outputs(ahead)
+    serial = _PacedTts(reply_text=text, tts_chunks=3, tts_chunk_s=0.2)
+    out_serial, end_serial = _reply_outputs(serial, tts_ahead=False)
+    assert end.finish_reason == end_serial.finish_reason == "stop"
+    assert _kinds(out) == _kinds(out_serial)  # the same outputs in the same order
+    groups = [out[i:i + 5] for i in range(0, len(out), 5)]  # per clause: text, three chunks, end
+    assert len(out) % 5 == 0 and len(groups) == len(ahead.spans) >= 3
+    for g in groups:
+        assert isinstance(g[0], TextOut) and all(isinstance(a, AudioOut) for a in g[1:4])
+        assert isinstance(g[4], ClauseEnd) and g[4].text == g[0].text
+    assert "".join(g[0].text for g in groups).replace(" ", "") == "".join(text).replace(" ", "")
+    # ahead: each next clause started before the previous one ended; serial: after
+    assert all(b[1] < a[2] for a, b in zip(ahead.spans, ahead.spans[1:], strict=False))
+    assert all(b[1] >= a[2] for a, b in zip(serial.spans, serial.spans[1:], strict=False))
+
+
+def test_a_failing_later_clause_ends_the_reply_after_the_audio_before_it():
+    backend = _PacedTts(reply_text=("Hello there.", " How are you today?"), tts_chunks=3, tts_chunk_s=0.2,
+                        fail_clause=1)
+    out, end = _reply_outputs(backend)
+    assert end.finish_reason == "error" and "tts broke" in end.error
+    kinds = _kinds(out)
+    assert kinds.count("AudioOut") == 4  # clause 0's three chunks, then clause 1's first
+    assert kinds.index("ClauseEnd:Hello there.") < kinds.index("TextOut: How are you today?")
+    assert backend.open == 0  # no stream left running
+
+
+def test_cancelling_a_reply_stops_every_clause_stream():
+    backend = _PacedTts(delay_s=0.2, reply_text=("Hello there.", " How are you today?", " Fine."), tts_chunks=5)
+
+    async def go():
+        from controller.clauses import ClausePolicy
+
+        request = ReplyRequest(messages=[{"role": "user", "content": "hi"}], chat=ChatParams(), tts=TtsParams(),
+                               audio=True)
+        backend.second_started = asyncio.Event()
+        reply = Reply(backend, request, clause_policy=ClausePolicy(min_chars=4)).start()
+        await asyncio.wait_for(backend.second_started.wait(), 10)  # while the first clause still streams
+        assert backend.spans[0][2] is None
+        await reply.cancel()
+        return [c for c in backend.calls if c.kind == "tts"]
+
+    calls = run(go())
+    assert len(calls) == 2 and all(c.cancelled for c in calls) and backend.open == 0

@@ -187,3 +187,34 @@ def test_client_cli_chat(server):
                           "-v", "hello"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "5 new" in out.stderr and out.stdout.strip()
+
+
+def test_tts_lm_with_the_audio_head(tiny_checkpoints, tmp_path):
+    """``tts_lm.output_vocab=audio`` through a real server (tts_lm alone): greedy ids equal a local engine
+    with the same restricted head, and are audio ids only (the stock tiny TTS LM mostly picks text ids)."""
+    import shutil
+
+    from export.deploy_config import load_config
+    from export.render import build_repository
+    from stepaudio.llm.prompts import AUDIO_TOKEN_OFFSET, EOT_ID, tts_output_ids
+    from stepaudio.llm.sampling import SamplingParams
+    from tests.triton_helpers import start_server
+
+    repo = tmp_path / "model_repository"
+    build_repository(load_config("cpu", tiny_checkpoints, ["tts_lm.output_vocab=audio"]), repo)
+    for model in repo.iterdir():
+        if model.name != "tts_lm":
+            shutil.rmtree(model)
+    prompt = [1, 4, 400, 15, 3, 4, 385, 15] + [65536 + n for n in range(0, 40, 3)]
+    with start_server(repo, timeout_s=300, log_path=tmp_path / "tritonserver.log") as srv:
+        c = grpcclient.InferenceServerClient(srv.grpc_url)
+        try:
+            chunks = list(stream_generate(c, "tts_lm", build_inputs(prompt_ids=prompt, max_new_tokens=30,
+                                                                    temperature=0.0)))
+        finally:
+            c.close()
+    ids = [t for ch in chunks for t in ch.token_ids]
+    engine, _ = _local(tiny_checkpoints, "Step-Audio-TTS-3B")
+    engine.model.restrict_head(tts_output_ids())
+    assert ids == engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=30, repetition_window=10))
+    assert ids and all(t >= AUDIO_TOKEN_OFFSET or t == EOT_ID for t in ids)
