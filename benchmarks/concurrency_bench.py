@@ -243,8 +243,8 @@ def parse_args(argv):
                    help="the controller's larger first chunk for a reply's later clauses (0: off)")
     p.add_argument("--tts-later-min-ahead-s", type=float, default=ClausePolicy.later_min_ahead_s,
                    help="queued reply audio needed for that larger first chunk")
-    p.add_argument("--no-tts-ahead", action="store_true",
-                   help="start a clause's TTS only after the previous clause's last audio (default: at its first)")
+    p.add_argument("--tts-ahead", action="store_true",
+                   help="start a clause's TTS at the previous clause's first audio (default: after its last)")
     p.add_argument("--pause-ms", type=int, default=200, help="silence that starts a speculative reply")
     p.add_argument("--no-speculation", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             max_reply_tokens=args.max_reply_tokens, tts_max_new_tokens=args.tts_max_new_tokens,
             clause_policy=ClausePolicy(later_first_chunk_tokens=args.tts_later_first_chunk_tokens or None,
                                        later_min_ahead_s=args.tts_later_min_ahead_s,
-                                   tts_ahead=not args.no_tts_ahead)))
+                                   tts_ahead=args.tts_ahead)))
         log("warm-up: one session, one turn ...")
         run_level(1, 1, ctl.port, stack.triton.pid if stack.triton else args.server_pgid, args)
         return stack, ctl

@@ -27,7 +27,7 @@ def _config(args: argparse.Namespace) -> ControllerConfig:
         temperature=args.temperature, seed=args.seed, response_timeout_s=args.response_timeout_s,
         clause_policy=ClausePolicy(later_first_chunk_tokens=args.tts_later_first_chunk_tokens or None,
                                    later_min_ahead_s=args.tts_later_min_ahead_s,
-                                   tts_ahead=not args.no_tts_ahead),
+                                   tts_ahead=args.tts_ahead),
         **({"default_instructions": args.instructions} if args.instructions is not None else {}),
     )
 
@@ -76,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                         "queued (fewer token2wav runs); 0: the model's first chunk")
     p.add_argument("--tts-later-min-ahead-s", type=float, default=d.clause_policy.later_min_ahead_s,
                    help="reply audio that must be queued for a later clause to use that larger first chunk")
-    p.add_argument("--no-tts-ahead", action="store_true",
-                   help="start a clause's TTS only after the previous clause's last audio (default: at its first)")
+    p.add_argument("--tts-ahead", action="store_true",
+                   help="start a clause's TTS at the previous clause's first audio (default: after its last)")
     p.add_argument("--max-context-tokens", type=int, default=d.max_context_tokens)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)

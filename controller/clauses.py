@@ -39,8 +39,11 @@ class ClausePolicy:
     later_min_ahead_s: float = 0.5
     # Start a clause's TTS as soon as the previous clause has delivered audio (its chunks wait for their
     # turn), instead of after the previous clause's last chunk: the set-up of the next clause (prompt,
-    # first tokens, first flow run) then overlaps the previous clause's playback. False: one at a time.
-    tts_ahead: bool = True
+    # first tokens, first flow run) then overlaps the previous clause's playback. Off by default: on a
+    # CPU-bound server (2 cores, 8 sessions) the next clause's work competed with the current one's
+    # remaining chunks, and both voice-to-voice and underruns got worse; where concurrent streams are
+    # nearly free (a GPU's batches) it hides each clause's set-up.
+    tts_ahead: bool = False
 
     def tts_first_chunk(self, clause_index: int, audio_ahead_s: float,
                         pace_s_per_audio_s: float | None = None) -> int | None:

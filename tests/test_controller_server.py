@@ -85,6 +85,8 @@ def test_later_clause_policy_comes_from_the_command_line():
     assert (cfg.clause_policy.later_first_chunk_tokens, cfg.clause_policy.later_min_ahead_s) == (40, 1.2)
     off = _config(_parser().parse_args(["serve", "--tts-later-first-chunk-tokens", "0"]))
     assert off.clause_policy.later_first_chunk_tokens is None
+    assert not cfg.clause_policy.tts_ahead
+    assert _config(_parser().parse_args(["serve", "--tts-ahead"])).clause_policy.tts_ahead
 
 
 def test_session_limit_and_frame_limits():

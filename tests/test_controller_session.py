@@ -563,9 +563,9 @@ def _kinds(outputs):
 def test_next_clause_tts_starts_at_the_previous_clause_first_audio_and_plays_in_order():
     text = ("Hello there.", " How are you today?", " Fine, thanks.")
     ahead = _PacedTts(reply_text=text, tts_chunks=3, tts_chunk_s=0.2)
-    out, end = _reply_outputs(ahead)
+    out, end = _reply_outputs(ahead, tts_ahead=True)
     serial = _PacedTts(reply_text=text, tts_chunks=3, tts_chunk_s=0.2)
-    out_serial, end_serial = _reply_outputs(serial, tts_ahead=False)
+    out_serial, end_serial = _reply_outputs(serial)  # the default: one clause at a time
     assert end.finish_reason == end_serial.finish_reason == "stop"
     assert _kinds(out) == _kinds(out_serial)  # the same outputs in the same order
     groups = [out[i:i + 5] for i in range(0, len(out), 5)]  # per clause: text, three chunks, end
@@ -582,7 +582,7 @@ def test_next_clause_tts_starts_at_the_previous_clause_first_audio_and_plays_in_
 def test_a_failing_later_clause_ends_the_reply_after_the_audio_before_it():
     backend = _PacedTts(reply_text=("Hello there.", " How are you today?"), tts_chunks=3, tts_chunk_s=0.2,
                         fail_clause=1)
-    out, end = _reply_outputs(backend)
+    out, end = _reply_outputs(backend, tts_ahead=True)
     assert end.finish_reason == "error" and "tts broke" in end.error
     kinds = _kinds(out)
     assert kinds.count("AudioOut") == 4  # clause 0's three chunks, then clause 1's first
@@ -599,7 +599,7 @@ def test_cancelling_a_reply_stops_every_clause_stream():
         request = ReplyRequest(messages=[{"role": "user", "content": "hi"}], chat=ChatParams(), tts=TtsParams(),
                                audio=True)
         backend.second_started = asyncio.Event()
-        reply = Reply(backend, request, clause_policy=ClausePolicy(min_chars=4)).start()
+        reply = Reply(backend, request, clause_policy=ClausePolicy(min_chars=4, tts_ahead=True)).start()
         await asyncio.wait_for(backend.second_started.wait(), 10)  # while the first clause still streams
         assert backend.spans[0][2] is None
         await reply.cancel()
