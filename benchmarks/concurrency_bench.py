@@ -24,6 +24,12 @@ where the callers themselves fell behind is flagged (``callers_kept_pace`` false
 is the largest N held with every smaller measured N held too. Where the time goes: CPU seconds of each
 Triton model's stub process, of this process (the controller) and of the callers' process, per level.
 
+**Deployment.** The benchmarks' stack (``benchmarks.stack.bench_overrides``) plus ``SWEEP_OVERRIDES``, then
+``--set``: token2wav's first chunk is 50 tokens (1.2 s of speech, a clause of this workload) instead of 20, so
+a clause costs one flow run instead of two. On 2 cores that is what 8 and more sessions need (8 sessions:
+underrun p90 0.0 vs 0.01-0.48 s over five runs with 20), and speculation hides the later first audio at
+light load (1-4 sessions: voice-to-voice p50 0.74-0.78 s with either).
+
 Writes ``<out>/concurrency_bench.json`` and ``<out>/concurrency_bench.png``.
 """
 
@@ -45,6 +51,7 @@ from benchmarks.common import RESULTS_DIR, csv_of, machine_info, model_cpu_s, pe
 from controller.clauses import ClausePolicy
 
 NAME = "concurrency_bench"
+SWEEP_OVERRIDES = ("token2wav.first_chunk_tokens=50",)  # see "Deployment" above
 GOAL_SESSIONS = 16
 
 
@@ -252,7 +259,8 @@ def parse_args(argv):
     p.add_argument("--max-underrun-p90-s", type=float, default=0.2)
     p.add_argument("--max-eot-lag-p90-s", type=float, default=0.3)
     p.add_argument("--variant", default="audio_only", help="stock | audio_only")
-    p.add_argument("--set", action="append", default=[], help="deployment override section.field=value")
+    p.add_argument("--set", action="append", default=[],
+                   help=f"deployment override section.field=value (after {', '.join(SWEEP_OVERRIDES)})")
     p.add_argument("--triton", default=None, help="use this running server (HOST:GRPC_PORT)")
     p.add_argument("--server-pgid", type=int, default=None, help="its process group (CPU per model; optional)")
     p.add_argument("--checkpoints", default=None, help="tiny checkpoints folder (written when missing)")
@@ -273,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     es = contextlib.ExitStack()
 
     def open_stack():
-        stack = es.enter_context(BenchStack(args.variant, args.checkpoints, args.set, triton_url=args.triton))
+        stack = es.enter_context(BenchStack(args.variant, args.checkpoints, [*SWEEP_OVERRIDES, *args.set],
+                                            triton_url=args.triton))
         ctl = es.enter_context(stack.controller(
             speculation=not args.no_speculation, seed=args.seed, pause_ms=args.pause_ms,
             max_reply_tokens=args.max_reply_tokens, tts_max_new_tokens=args.tts_max_new_tokens,
