@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, write_result
+from stepaudio.tts.chunking import TOKENS_PER_SECOND
 
 GOLDEN_T2W = Path(__file__).resolve().parent.parent.parent / "shared" / "golden" / "token2wav"
-TOKENS_PER_SECOND = 41.67
 
 
 def main(argv: list[str] | None = None) -> dict:

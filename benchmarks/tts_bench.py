@@ -69,10 +69,10 @@ from benchmarks.common import (
     percentiles,
     write_result,
 )
+from stepaudio.tts.chunking import TOKENS_PER_SECOND  # light: no torch
 
 NAME = "tts_bench"
 SAMPLE_RATE_HZ = 22050
-TOKENS_PER_SECOND = 125 / 3  # 2 vq02 + 3 vq06 tokens per 120 ms
 SPEAKER = "Tingting"
 TEXTS = (
     "(高兴1)你好，今天天气不错。",

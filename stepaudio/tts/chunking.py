@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TOKENS_PER_SECOND = 41.67
+TOKENS_PER_SECOND = 125 / 3  # 41.67: 5 tokens per 120 ms
 TOKEN_GROUP = 5  # 2 vq02 + 3 vq06 tokens per 120 ms
 
 
