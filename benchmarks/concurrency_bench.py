@@ -27,7 +27,7 @@ Triton model's stub process, of this process (the controller) and of the callers
 **Deployment.** The benchmarks' stack (``benchmarks.stack.bench_overrides``) plus ``SWEEP_OVERRIDES``, then
 ``--set``: token2wav's first chunk is 50 tokens (1.2 s of speech, a clause of this workload) instead of 20, so
 a clause costs one flow run instead of two. On 2 cores that is what 8 and more sessions need (8 sessions:
-underrun p90 0.0 vs 0.01-0.48 s over five runs with 20), and speculation hides the later first audio at
+underrun p90 0.0 vs 0.01-0.48 s over three runs with 20), and speculation hides the later first audio at
 light load (1-4 sessions: voice-to-voice p50 0.74-0.78 s with either).
 
 Writes ``<out>/concurrency_bench.json`` and ``<out>/concurrency_bench.png``.
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             max_reply_tokens=args.max_reply_tokens, tts_max_new_tokens=args.tts_max_new_tokens,
             clause_policy=ClausePolicy(later_first_chunk_tokens=args.tts_later_first_chunk_tokens or None,
                                        later_min_ahead_s=args.tts_later_min_ahead_s,
-                                   tts_ahead=args.tts_ahead)))
+                                       tts_ahead=args.tts_ahead)))
         log("warm-up: one session, one turn ...")
         run_level(1, 1, ctl.port, stack.triton.pid if stack.triton else args.server_pgid, args)
         return stack, ctl

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 VARIANTS = ("stock", "audio_only")
+TTS_DIR = "Step-Audio-TTS-3B"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def bench_overrides(variant: str) -> list[str]:
@@ -46,8 +48,6 @@ def bench_overrides(variant: str) -> list[str]:
       whose random TTS LM is there to show the whole vocabulary's behaviour.
     """
     return ["token2wav.instances=2", *(["tts_lm.output_vocab=audio"] if variant == "audio_only" else [])]
-TTS_DIR = "Step-Audio-TTS-3B"
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def log(msg: str) -> None:

@@ -27,7 +27,6 @@ class ClauseSynth:
         self.audible = asyncio.Event()
         self.chunks_read = asyncio.Event()  # set by the reader once it took every chunk
         self.done = False
-        self.samples = 0
         self.audio_s = 0.0
         self.finish_reason = ""
         self.pace_s_per_audio_s: float | None = None  # wall s from request to end per s of audio
@@ -40,7 +39,6 @@ class ClauseSynth:
                 async for chunk in stream:
                     self.finish_reason = chunk.finish_reason or self.finish_reason
                     if len(chunk.audio):
-                        self.samples += len(chunk.audio)
                         self.audio_s += len(chunk.audio) / chunk.sample_rate_hz
                         self.chunks.put_nowait(chunk)
                         self.audible.set()

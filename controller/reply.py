@@ -221,7 +221,7 @@ class Reply:
                         self.t_first_audio = time.perf_counter() - self.t_start
                     self.outputs.put_nowait(AudioOut(chunk.audio, chunk.sample_rate_hz))
                 synth.chunks_read.set()
-                if synth.samples == 0:  # the TTS LM gave no audio tokens (the random tiny one can): the clause is silent
+                if synth.audio_s == 0:  # the TTS LM gave no audio tokens (the random tiny one can): the clause is silent
                     self.silent_clauses += 1
                     log.warning("%s: the TTS of clause %d (%r) returned no audio (finish_reason %r)", self.id, n,
                                 synth.text, synth.finish_reason)

@@ -65,7 +65,6 @@ AUDIO_TOKEN_OFFSET = 65536
 N_AUDIO_TOKENS = 5120
 
 
-
 def tts_output_ids() -> list[int]:
     """What the flow decoder can voice and what ends a TTS reply: the audio ids and the stop id
     (a TTS LM's restricted head, ``Step1ForCausalLM.restrict_head``)."""

@@ -84,7 +84,8 @@ class TritonPythonModel:
         from stepaudio.tts.voices import VoiceBank, VoicePreparer
 
         self.p = p = model_parameters(args)
-        self.chunk_policy = ChunkPolicy.from_parameters(p)  # token2wav's: pushes are aligned on its chunks
+        # token2wav's chunk policy: pushes leave when a chunk is due (None: every push_tokens tokens)
+        self.push_policy = ChunkPolicy.from_parameters(p) if p["align_pushes"] == "true" else None
         self.tokenizer = TextTokenizer(p["tts_dir"])
         preparer = VoicePreparer(_PromptTokens(), _Embedder(),
                                  PromptMel.from_yaml(f"{p['tts_dir']}/CosyVoice-300M-25Hz/cosyvoice.yaml"))
@@ -190,7 +191,7 @@ class TritonPythonModel:
             first_chunk = check_first_chunk_tokens(None if first_chunk is None else first_chunk[0])
             held = []
             lm = self._lm_tokens(inputs, sender, job.prompt.ids, f"{rid}/tts_lm", stop)
-            policy = self.chunk_policy.with_first(first_chunk) if self.p["align_pushes"] == "true" else None
+            policy = self.push_policy and self.push_policy.with_first(first_chunk)
             for tokens, last in token2wav_pushes(lm, int(self.p["push_tokens"]), policy):
                 if stop.is_set():
                     break
