@@ -2,8 +2,9 @@
 
 Requests join and leave the running batch between decode steps. A new request first reuses the
 longest cached K/V prefix (see prefix_cache.py) and prefills only the rest of its prompt; then all
-running sequences decode together, one token per step, in one batched forward over their padded
-K/V. Cancelled requests leave at the next step boundary and their K/V are freed.
+running sequences decode together, one token per step, in one batched forward over their K/V, kept
+in preallocated slots (slot_kv.py). Cancelled requests leave at the next step boundary and their
+K/V are freed.
 
 The engine is synchronous and single-threaded (``step()``); ``AsyncEngine`` runs it in a thread.
 """
@@ -20,6 +21,7 @@ import torch
 from stepaudio.llm.model import LayerCache, Step1ForCausalLM
 from stepaudio.llm.prefix_cache import PrefixCache
 from stepaudio.llm.sampling import SamplingParams, sample_rows
+from stepaudio.llm.slot_kv import SlotKV
 
 
 class RequestError(ValueError):
@@ -50,17 +52,13 @@ class _Seq:
     req: GenerationRequest
     tokens: list[int]
     generator: torch.Generator | None
-    k: list[torch.Tensor] = field(default_factory=list)  # per layer (G, T, D): K/V of tokens[:T]
-    v: list[torch.Tensor] = field(default_factory=list)
+    slot: int | None = None  # where its K/V (of tokens[:kv_len]) are in the engine's SlotKV; None: none yet / freed
+    kv_len: int = 0
     generated: int = 0
     cached_prompt_tokens: int = 0
     t_arrival_s: float = 0.0
     t_first_token_s: float | None = None
     done: bool = False
-
-    @property
-    def kv_len(self) -> int:
-        return self.k[0].shape[1] if self.k else 0
 
 
 @dataclass
@@ -92,6 +90,9 @@ class Engine:
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self.stats = EngineStats()
+        dtype = next(model.parameters()).dtype
+        self.kv = SlotKV(self.cfg.num_hidden_layers, model.n_local_groups, self.cfg.head_dim, max_batch_size, dtype,
+                         self.device)
 
     # -- requests ---------------------------------------------------------------------------
     def validate(self, req: GenerationRequest) -> None:
@@ -140,15 +141,27 @@ class Engine:
         with self._lock:
             while self._waiting and len(self._running) + len(admitted) < self.max_batch_size:
                 admitted.append(self._waiting.popleft())
-        decoding = list(self._running)
-        for seq in admitted:
-            events += self._prefill(seq)
+        decoding = list(self._running)  # in slots 0..n-1
+        for i, seq in enumerate(admitted):
+            events += self._prefill(seq, len(decoding) + i)
         if decoding:
             events += self._decode(decoding)
         self._running = [s for s in self._running + admitted if not self._is_done(s)]
+        self._compact()
         self.stats.steps += 1
         self.stats.max_batch = max(self.stats.max_batch, len(self._running))
         return events
+
+    def _compact(self) -> None:
+        """Running sequences back in slots 0..n-1, in batch order (a finished one's slot is taken by the next)."""
+        for i, seq in enumerate(self._running):
+            if seq.slot != i:
+                self.kv.move(seq.slot, i)
+                seq.slot = i
+        for slot in range(len(self._running), self.kv.slots):
+            if self.kv.lengths[slot]:
+                self.kv.free(slot)
+        self.kv.shrink(len(self._running))
 
     def _drop_cancelled(self) -> list[TokenEvent]:
         with self._lock:
@@ -158,9 +171,11 @@ class Engine:
             dropped = [s for s in (*self._waiting, *self._running) if s.req.request_id in cancelled]
             self._waiting = deque(s for s in self._waiting if s.req.request_id not in cancelled)
             self._running = [s for s in self._running if s.req.request_id not in cancelled]
-        return [self._final(s, "cancelled") for s in dropped]
+        events = [self._final(s, "cancelled") for s in dropped]
+        self._compact()
+        return events
 
-    def _prefill(self, seq: _Seq) -> list[TokenEvent]:
+    def _prefill(self, seq: _Seq, slot: int) -> list[TokenEvent]:
         prompt = seq.tokens
         n_cached, k, v = (0, None, None)
         if self.prefix_reuse:
@@ -174,38 +189,26 @@ class Engine:
             caches = [LayerCache(k[i][None], v[i][None]) for i in range(len(k))]
             cache_pos = torch.arange(n_cached, device=self.device)[None]
         out = self.model(ids, pos, caches, cache_pos, logits_for="last")
-        seq.k = [torch.cat([k[i], nk[0]], dim=1) if n_cached else nk[0] for i, nk in enumerate(out.new_k)]
-        seq.v = [torch.cat([v[i], nv[0]], dim=1) if n_cached else nv[0] for i, nv in enumerate(out.new_v)]
+        self.kv.put(slot, [torch.cat([k[i], nk[0]], dim=1) if n_cached else nk[0] for i, nk in enumerate(out.new_k)],
+                    [torch.cat([v[i], nv[0]], dim=1) if n_cached else nv[0] for i, nv in enumerate(out.new_v)])
+        seq.slot, seq.kv_len = slot, len(prompt)
         seq.cached_prompt_tokens = n_cached
         self.stats.prefill_tokens += len(suffix)
         self.stats.cached_prompt_tokens += n_cached
         if self.prefix_reuse:
-            self.cache.insert(prompt, seq.k, seq.v)
+            self.cache.insert(prompt, *self.kv.get(slot))
         return self._accept([seq], out.logits[:, -1])
 
     def _decode(self, seqs: list[_Seq]) -> list[TokenEvent]:
-        b = len(seqs)
-        t_max = max(s.kv_len for s in seqs)
-        n_layers = len(seqs[0].k)
-        g, d = seqs[0].k[0].shape[0], seqs[0].k[0].shape[2]
-        dtype = seqs[0].k[0].dtype
-        cache_pos = torch.full((b, t_max), -1, dtype=torch.long, device=self.device)
-        caches = []
-        for layer in range(n_layers):
-            kb = torch.zeros((b, g, t_max, d), dtype=dtype, device=self.device)
-            vb = torch.zeros_like(kb)
-            for i, s in enumerate(seqs):
-                kb[i, :, : s.kv_len] = s.k[layer]
-                vb[i, :, : s.kv_len] = s.v[layer]
-            caches.append(LayerCache(kb, vb))
-        for i, s in enumerate(seqs):
-            cache_pos[i, : s.kv_len] = torch.arange(s.kv_len, device=self.device)
+        b = len(seqs)  # in slots 0..b-1
+        ks, vs, cache_pos = self.kv.batch(b)
+        caches = [LayerCache(k, v) for k, v in zip(ks, vs, strict=True)]
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.device)
         pos = torch.tensor([[s.kv_len] for s in seqs], dtype=torch.long, device=self.device)
         out = self.model(ids, pos, caches, cache_pos, logits_for="last")
-        for i, s in enumerate(seqs):
-            s.k = [torch.cat([s.k[layer], out.new_k[layer][i]], dim=1) for layer in range(n_layers)]
-            s.v = [torch.cat([s.v[layer], out.new_v[layer][i]], dim=1) for layer in range(n_layers)]
+        self.kv.append(b, out.new_k, out.new_v)
+        for s in seqs:
+            s.kv_len += 1
         self.stats.decode_tokens += b
         return self._accept(seqs, out.logits[:, -1])
 
@@ -239,9 +242,9 @@ class Engine:
                           seq.cached_prompt_tokens)
 
     def _finish(self, seq: _Seq) -> None:
-        if self.prefix_reuse and seq.k and seq.generated:
-            self.cache.insert(seq.tokens, seq.k, seq.v)  # the reply's K/V serve the next turn
-        seq.k, seq.v = [], []
+        if self.prefix_reuse and seq.slot is not None and seq.generated:
+            self.cache.insert(seq.tokens, *self.kv.get(seq.slot))  # the reply's K/V serve the next turn
+        seq.slot = None  # the slot is freed or taken over at the step's end
         seq.done = True
 
     @staticmethod

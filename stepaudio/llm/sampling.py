@@ -139,8 +139,14 @@ def sample_rows(
             if params[i].top_p < 1.0:
                 vals[row] = vals[row].masked_fill(~_top_p_keep(vals[row], params[i].top_p), float("-inf"))
         probs = torch.softmax(vals, dim=-1)
-        for row, i in enumerate(topk):
-            out[i] = int(idx[row, torch.multinomial(probs[row], 1, generator=generators[i])])
+        # torch.multinomial(p, 1, generator=g) draws argmax(p / q), q exponential noise from g (its one-sample
+        # path): the same noise, row by row from each row's generator, then one argmax for the batch picks
+        # the very ids a multinomial per row picks, without a multinomial call per row.
+        noise = torch.stack([torch.empty(k_max, dtype=probs.dtype, device=probs.device).exponential_(
+            generator=generators[i]) for i in topk])
+        picks = idx.gather(1, torch.argmax(probs / noise, dim=-1, keepdim=True)).reshape(-1).tolist()
+        for i, t in zip(topk, picks, strict=True):
+            out[i] = t
     for i, p in enumerate(params):  # top-k off: the whole vocabulary
         if out[i] is not None:
             continue
