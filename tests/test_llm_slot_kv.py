@@ -13,7 +13,14 @@ def _kv(seed, g, t, d):
     return [torch.randn(g, t, d, generator=gen) for _ in range(2)], [torch.randn(g, t, d, generator=gen) for _ in range(2)]
 
 
-def test_put_append_batch_move_and_free():
+def _append(kv, n, new_k, new_v):
+    """A decode step's K/V writes, as the model's layers make them: the views and key positions they attend to."""
+    layers, key_pos = kv.step(n)
+    views = [layer.extend(k, v) for layer, k, v in zip(layers, new_k, new_v, strict=True)]
+    return [k for k, _ in views], [v for _, v in views], key_pos
+
+
+def test_put_step_move_and_free():
     kv = SlotKV(n_layers=2, groups=3, head_dim=4, slots=3, dtype=torch.float32)
     k0, v0 = _kv(0, 3, 5, 4)
     k1, v1 = _kv(1, 3, 2, 4)
@@ -21,11 +28,10 @@ def test_put_append_batch_move_and_free():
     kv.put(1, k1, v1)
     new_k = [torch.randn(2, 3, 1, 4) for _ in range(2)]
     new_v = [torch.randn(2, 3, 1, 4) for _ in range(2)]
-    kv.append(2, new_k, new_v)
+    ks, vs, pos = _append(kv, 2, new_k, new_v)
     assert kv.lengths[:2] == [6, 3]
-    ks, vs, pos = kv.batch(2)
     assert ks[0].shape == (2, 3, 6, 4)
-    assert pos.tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, -1, -1, -1]]
+    assert pos.tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, -1, -1, -1]]  # a shorter slot's new key at its length
     for layer in range(2):
         torch.testing.assert_close(ks[layer][0, :, :5], k0[layer], rtol=0, atol=0)
         torch.testing.assert_close(ks[layer][0, :, 5], new_k[layer][0, :, 0], rtol=0, atol=0)
@@ -48,8 +54,8 @@ def test_capacity_grows_keeps_values_and_shrinks_back():
     assert kv.capacity == MIN_CAPACITY
     k, v = _kv(2, 1, MIN_CAPACITY - 1, 2)
     kv.put(0, k[:1], v[:1])
-    kv.append(1, [torch.ones(1, 1, 1, 2)], [torch.ones(1, 1, 1, 2)])
-    kv.append(1, [2 * torch.ones(1, 1, 1, 2)], [2 * torch.ones(1, 1, 1, 2)])  # past the first capacity
+    _append(kv, 1, [torch.ones(1, 1, 1, 2)], [torch.ones(1, 1, 1, 2)])
+    _append(kv, 1, [2 * torch.ones(1, 1, 1, 2)], [2 * torch.ones(1, 1, 1, 2)])  # past the first capacity
     assert kv.capacity > MIN_CAPACITY and kv.lengths[0] == MIN_CAPACITY + 1
     got_k, _ = kv.get(0)
     torch.testing.assert_close(got_k[0][:, : MIN_CAPACITY - 1], k[0], rtol=0, atol=0)

@@ -201,12 +201,10 @@ class Engine:
 
     def _decode(self, seqs: list[_Seq]) -> list[TokenEvent]:
         b = len(seqs)  # in slots 0..b-1
-        ks, vs, cache_pos = self.kv.batch(b)
-        caches = [LayerCache(k, v) for k, v in zip(ks, vs, strict=True)]
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.device)
         pos = torch.tensor([[s.kv_len] for s in seqs], dtype=torch.long, device=self.device)
-        out = self.model(ids, pos, caches, cache_pos, logits_for="last")
-        self.kv.append(b, out.new_k, out.new_v)
+        caches, key_pos = self.kv.step(b)  # the layers write the new K/V into the slots as they go
+        out = self.model(ids, pos, caches, logits_for="last", key_positions=key_pos)
         for s in seqs:
             s.kv_len += 1
         self.stats.decode_tokens += b

@@ -80,6 +80,13 @@ class LayerCache:
     k: torch.Tensor  # (B, G_local, T_past, D)
     v: torch.Tensor  # (B, G_local, T_past, D)
 
+    def extend(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values to attend to: the past, then the new tokens' (B, G_local, T, D).
+        (A cache may instead write the new ones into its own storage: see ``SlotKV.layers``.)"""
+        if not self.k.shape[2]:
+            return k_new, v_new
+        return torch.cat([self.k.to(k_new.dtype), k_new], dim=2), torch.cat([self.v.to(v_new.dtype), v_new], dim=2)
+
 
 def attention_bias(q_pos: torch.Tensor, k_pos: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
     """(B, H, Tq, Tk) float32: -slope * sqrt(i - j) where 0 <= j <= i, -inf elsewhere.
@@ -117,11 +124,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, d).transpose(1, 2)  # (B, H, T, D)
         k_new = self.k_proj(x).view(b, t, self.n_groups, d).transpose(1, 2)  # (B, G, T, D)
         v_new = self.v_proj(x).view(b, t, self.n_groups, d).transpose(1, 2)
-        if cache is not None and cache.k.shape[2]:
-            k = torch.cat([cache.k.to(k_new.dtype), k_new], dim=2)  # (B, G, Tk, D)
-            v = torch.cat([cache.v.to(v_new.dtype), v_new], dim=2)
-        else:
-            k, v = k_new, v_new
+        k, v = (k_new, v_new) if cache is None else cache.extend(k_new, v_new)  # (B, G, Tk, D)
         # Head h uses group h // rep. Instead of copying K/V for every head, fold a group's heads into
         # the query rows: (B, G, rep * T, D) against (B, G, Tk, D), one matmul per group.
         rep = self.n_heads // self.n_groups
@@ -239,9 +242,14 @@ class Step1ForCausalLM(nn.Module):
         caches: list[LayerCache] | None = None,
         cache_positions: torch.Tensor | None = None,  # (B, T_past); < 0 marks padding
         logits_for: str = "all",  # "all" or "last": the last non-padding token of each row
+        key_positions: torch.Tensor | None = None,  # (B, Tk): of the keys the caches' extend() returns
     ) -> ForwardOutput:
+        """``key_positions`` defaults to ``cache_positions`` then ``positions``, the order ``LayerCache.extend``
+        returns keys in; caches that place the new keys elsewhere give their own."""
         x = self.model.embed_tokens(input_ids.clamp(min=0))
-        k_pos = positions if cache_positions is None else torch.cat([cache_positions, positions], dim=1)
+        k_pos = key_positions
+        if k_pos is None:
+            k_pos = positions if cache_positions is None else torch.cat([cache_positions, positions], dim=1)
         bias = attention_bias(positions, k_pos, self.model.layers[0].self_attn.slopes)
         new_k, new_v = [], []
         for i, layer in enumerate(self.model.layers):

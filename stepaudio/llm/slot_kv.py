@@ -1,10 +1,12 @@
 """K/V of the running sequences in preallocated per-layer buffers, one slot per sequence.
 
 Slots 0..n-1 hold the n running sequences in batch order, so a decode step reads the batch's K/V and
-positions as views (``batch``) and writes each sequence's new K/V in place (``append``): no per-step,
-per-sequence copies or concatenations (on a small model those were ~20% of a decode step). Buffers are
-laid out (slot, time, group, dim), so one ``index_copy_`` over the flattened (slot, time) rows appends a
-token to every slot; ``batch`` and ``get`` hand out (group, time) transposed views. A slot's
+positions as views and writes each sequence's new K/V in place, from inside the model's attention
+(``step``): no per-step, per-sequence copies or concatenations (on a small model those were ~20% of a
+decode step, and concatenating the past with the new keys another ~10%). Buffers are laid out (slot,
+group, time, dim): a batch's view then has one stride over (slot, group), which a batched matmul takes
+as it is (a (time, group) layout made matmul copy the view every step), and one ``index_copy_`` over the
+flattened (slot, group, time) rows appends a token to every slot. A slot's
 positions past its length are -1 (padding, never attended to). The time capacity is shared by all
 slots; it grows to fit the longest sequence and shrinks back once no sequence needs it.
 """
@@ -34,14 +36,14 @@ class SlotKV:
 
     def _alloc(self, capacity: int, keep: int = 0) -> None:
         """New buffers of ``capacity`` tokens, keeping each slot's first ``keep`` tokens."""
-        shape = (self.slots, capacity, self.groups, self.head_dim)
+        shape = (self.slots, self.groups, capacity, self.head_dim)
         k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
         v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
         pos = torch.full((self.slots, capacity), -1, dtype=torch.long, device=self.device)
         if keep:
             for layer in range(self.n_layers):
-                k[layer][:, :keep] = self.k[layer][:, :keep]
-                v[layer][:, :keep] = self.v[layer][:, :keep]
+                k[layer][:, :, :keep] = self.k[layer][:, :, :keep]
+                v[layer][:, :, :keep] = self.v[layer][:, :, :keep]
             pos[:, :keep] = self.pos[:, :keep]
         self.k, self.v, self.pos = k, v, pos
 
@@ -61,8 +63,8 @@ class SlotKV:
         n = k[0].shape[1]
         self.reserve(n)
         for layer in range(self.n_layers):
-            self.k[layer][slot, :n] = k[layer].transpose(0, 1)
-            self.v[layer][slot, :n] = v[layer].transpose(0, 1)
+            self.k[layer][slot, :, :n] = k[layer]
+            self.v[layer][slot, :, :n] = v[layer]
         old = self.lengths[slot]
         self.pos[slot, :n] = torch.arange(n, device=self.device)
         if old > n:
@@ -72,32 +74,32 @@ class SlotKV:
     def get(self, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Views of a slot's K/V, per layer (G, T, D); valid until the slot is changed."""
         n = self.lengths[slot]
-        return [t[slot, :n].transpose(0, 1) for t in self.k], [t[slot, :n].transpose(0, 1) for t in self.v]
+        return [t[slot, :, :n] for t in self.k], [t[slot, :, :n] for t in self.v]
 
-    def batch(self, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """Slots 0..n-1 as a batch: per layer K and V views (n, G, T, D) and positions (n, T), T the longest length."""
+    def step(self, n: int) -> tuple[list[_SlotLayer], torch.Tensor]:
+        """A decode step of slots 0..n-1, one new token each: per-layer caches for the model, whose ``extend``
+        writes the token's K/V after each slot's and returns the batch's K/V views, and the key positions
+        (n, T + 1), T the longest length (a shorter slot's new key sits at its length, padding after it).
+        The slots' lengths count the new token from here on."""
         t = max(self.lengths[:n])
-        return ([x[:n, :t].transpose(1, 2) for x in self.k], [x[:n, :t].transpose(1, 2) for x in self.v],
-                self.pos[:n, :t])
-
-    def append(self, n: int, new_k: list[torch.Tensor], new_v: list[torch.Tensor]) -> None:
-        """One new token for each of slots 0..n-1 (per layer (n, G, 1, D)), written after each slot's K/V."""
-        self.reserve(max(self.lengths[:n]) + 1)
+        self.reserve(t + 1)
         at = torch.tensor(self.lengths[:n], dtype=torch.long, device=self.device)
-        flat = torch.arange(0, n * self.capacity, self.capacity, device=self.device) + at  # rows of (slot, time)
-        for layer in range(self.n_layers):
-            self.k[layer].view(-1, self.groups, self.head_dim).index_copy_(0, flat, new_k[layer][:, :, 0])
-            self.v[layer].view(-1, self.groups, self.head_dim).index_copy_(0, flat, new_v[layer][:, :, 0])
-        self.pos.view(-1).index_copy_(0, flat, at)
+        cap = self.capacity
+        self.pos.view(-1).index_copy_(0, torch.arange(0, n * cap, cap, device=self.device) + at, at)
+        # the new token's rows of the flattened (slot, group, time) K/V, slot-major then group
+        slot_group = torch.arange(n * self.groups, device=self.device).view(n, self.groups)
+        rows = (slot_group * cap + at[:, None]).view(-1)
         for i in range(n):
             self.lengths[i] += 1
+        layers = [_SlotLayer(self, layer, n, t + 1, rows) for layer in range(self.n_layers)]
+        return layers, self.pos[:n, : t + 1]
 
     def move(self, src: int, dst: int) -> None:
         """Slot ``src``'s sequence moves to slot ``dst`` (whose sequence is gone); ``src`` becomes free."""
         n = self.lengths[src]
         for layer in range(self.n_layers):
-            self.k[layer][dst, :n] = self.k[layer][src, :n]
-            self.v[layer][dst, :n] = self.v[layer][src, :n]
+            self.k[layer][dst, :, :n] = self.k[layer][src, :, :n]
+            self.v[layer][dst, :, :n] = self.v[layer][src, :, :n]
         old = self.lengths[dst]
         self.pos[dst, :n] = self.pos[src, :n]
         if old > n:
@@ -108,3 +110,17 @@ class SlotKV:
     def free(self, slot: int) -> None:
         self.pos[slot, : self.lengths[slot]] = -1
         self.lengths[slot] = 0
+
+
+class _SlotLayer:
+    """One layer's view of a decode step (see ``SlotKV.step``), in the role of ``LayerCache``."""
+
+    def __init__(self, kv: SlotKV, layer: int, n: int, t: int, rows: torch.Tensor):
+        self.kv, self.layer, self.n, self.t, self.rows = kv, layer, n, t, rows
+
+    def extend(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.kv.head_dim
+        k, v = self.kv.k[self.layer], self.kv.v[self.layer]
+        k.view(-1, d).index_copy_(0, self.rows, k_new.reshape(-1, d).to(k.dtype))  # (n, G, 1, D) -> n * G rows
+        v.view(-1, d).index_copy_(0, self.rows, v_new.reshape(-1, d).to(v.dtype))
+        return k[: self.n, :, : self.t], v[: self.n, :, : self.t]
