@@ -22,7 +22,7 @@ from export.deploy_config import CHAT_DIR, SPEAKERS_DIR, TOKENIZER_DIR, TTS_DIR,
 TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
 COMMON_DECODER = "CosyVoice-300M-25Hz"  # its campplus.onnx embeds speakers for both decoders
 DECODERS = (COMMON_DECODER, "CosyVoice-300M-25Hz-Music")
-ONNX_EXPORT_VERSION = "2"  # bump when export/onnx_tts.py changes what it writes
+ONNX_EXPORT_VERSION = "3"  # bump when export/onnx_tts.py changes what it writes
 PLACEHOLDER_RE = re.compile(r"\$\{[^}]*\}|\$[A-Za-z_]")
 
 

@@ -40,7 +40,7 @@ def onnx_dir(tmp_path_factory):
         pytest.skip(f"token2wav golden fixtures not found at {T2W}")
     out = tmp_path_factory.mktemp("onnx")
     files = export_cosyvoice_onnx(MODEL_DIR, out)
-    assert sorted(files) == ["flow_estimator", "hift_decoder"]
+    assert sorted(files) == ["flow_condition", "flow_estimator", "hift_decoder"]
     assert all(p.is_file() and p.parent == out for p in files.values())
     return out
 
@@ -162,7 +162,8 @@ def test_estimator_export_has_no_mask_and_skips_masking(onnx_dir):
     """The export assumes no padding: no mask input; a non-trivial mask is refused, not silently ignored.
     In PyTorch, mask None gives exactly the all-ones result."""
     est = OnnxEstimator(onnx_dir / "flow_estimator.onnx", threads=1)
-    assert [i.name for i in est.session.get_inputs()] == ["x", "mu", "t", "spks", "cond"]
+    assert [i.name for i in est.session.get_inputs()] == ["x", "t", "c_block1", "c_res"]
+    assert [i.name for i in est.condition_session.get_inputs()] == ["mu", "spks", "cond"]
     g = torch.Generator().manual_seed(3)
     x, mu, cond = (torch.randn(2, 80, 20, generator=g) for _ in range(3))
     t, spks = torch.rand(2, generator=g), torch.randn(2, 80, generator=g)
@@ -182,3 +183,39 @@ def test_sessions_use_one_thread_and_never_spin(onnx_dir):
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_condition_terms_split_equals_the_whole_first_block():
+    """forward_conditioned(x, t, condition(mu, spks, cond)) is forward(x, None, mu, t, spks, cond) up to
+    float rounding (the first convolutions summed in two parts)."""
+    est = load_flow(MODEL_DIR).decoder.estimator
+    g = torch.Generator().manual_seed(5)
+    x, mu, cond = (torch.randn(2, 80, 77, generator=g) for _ in range(3))
+    t, spks = torch.rand(2, generator=g), torch.randn(2, 80, generator=g)
+    with torch.inference_mode():
+        whole = est(x, None, mu, t, spks, cond)
+        split = est.forward_conditioned(x, t, est.condition(mu, spks, cond))
+    assert split.shape == whole.shape
+    assert _maxdiff(split, whole) < 1e-5
+
+
+def test_condition_terms_run_once_per_solve(onnx_dir, case1):
+    """A solve passes the same (mu, spks, cond) at its 10 steps: the condition graph runs once per solve;
+    new tensors, or the same ones changed in place, run it again."""
+    flow = load_flow(MODEL_DIR)
+    use_onnx(flow, None, onnx_dir, threads=1)
+    est = flow.decoder.estimator
+    noise = torch.from_numpy(case1["noise_z"])
+    first = flow.inference(**_inputs(case1), noise=noise, n_timesteps=10)
+    assert est.condition_runs == 1
+    again = flow.inference(**_inputs(case1), noise=noise, n_timesteps=10)
+    assert est.condition_runs == 2 and torch.equal(first, again)
+    g = torch.Generator().manual_seed(2)
+    x, mu, cond = (torch.randn(2, 80, 16, generator=g) for _ in range(3))
+    t, spks = torch.rand(2, generator=g), torch.randn(2, 80, generator=g)
+    before = est(x, None, mu, t, spks, cond)
+    est(x, None, mu, t, spks, cond)
+    assert est.condition_runs == 3
+    mu[0] += 1.0  # in place: the cached terms are stale
+    changed = est(x, None, mu, t, spks, cond)
+    assert est.condition_runs == 4 and not torch.equal(changed, before)

@@ -61,7 +61,7 @@ def test_token2wav_part(t2w_doc):
     t = res["token2wav"]
     w = t["workload"]
     assert w["speech_tokens"] == 62 and w["prompt_tokens"] == 21 and w["flow_steps"] == 10
-    assert set(t["onnx_files_mb"]) == {"flow_estimator", "hift_decoder"}
+    assert set(t["onnx_files_mb"]) == {"flow_condition", "flow_estimator", "hift_decoder"}
     by = t["threads_1"]
     assert set(by) == {"pytorch", "onnxruntime"}
     for backend, e in by.items():

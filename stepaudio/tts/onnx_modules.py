@@ -1,7 +1,10 @@
 """ONNX Runtime stand-ins for the token2wav networks exported by ``export/onnx_tts.py``.
 
 * ``OnnxEstimator(path, threads)`` is called like ``ConditionalDecoder`` (x, mask, mu, t, spks, cond)
-  (mask None or all ones) and is an ``nn.Module`` so it can take the estimator's slot in ``ConditionalCFM``;
+  (mask None or all ones) and is an ``nn.Module`` so it can take the estimator's slot in ``ConditionalCFM``.
+  Current exports come as two graphs: ``flow_condition.onnx`` (mu, spks, cond -> the first block's
+  condition terms), run once per ODE solve, and ``flow_estimator.onnx`` (x, t, terms -> velocity), run
+  at every step;
 * ``OnnxHiftDecoder(path, threads)`` is called like ``HiFTGenerator.decode(mel, s_stft)``;
 * ``use_onnx(flow, hift, onnx_dir)`` swaps both into loaded models (the rest stays PyTorch).
 
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 ESTIMATOR_FILE = "flow_estimator.onnx"
+CONDITION_FILE = "flow_condition.onnx"
 HIFT_DECODER_FILE = "hift_decoder.onnx"
 
 
@@ -50,7 +54,10 @@ class OnnxEstimator(nn.Module):
     """Drop-in for ``ConditionalDecoder``: ``(x, mask, mu, t, spks, cond) -> velocity`` via ONNX Runtime.
 
     Current exports have no ``mask`` input (they assume no padding, as batch-1 synthesis has): a mask
-    passed to them must be None or all ones. Older exports with a ``mask`` input still load.
+    passed to them must be None or all ones. An estimator graph that takes the condition terms reads
+    them from ``flow_condition.onnx`` beside it, computed once for as long as the same (mu, spks, cond)
+    tensors come back (a solve passes the same ones at every step). Older exports (mu / spks / cond
+    inputs, with or without ``mask``) still load.
     """
 
     def __init__(self, path: str | Path, threads: int | None = 1):
@@ -59,18 +66,38 @@ class OnnxEstimator(nn.Module):
         self.session = make_session(self.path, threads)
         self._names = [i.name for i in self.session.get_inputs()]
         self.takes_mask = "mask" in self._names
+        self.condition_session = None
+        if "c_block1" in self._names:
+            self.condition_session = make_session(self.path.with_name(CONDITION_FILE), threads)
+        self._conditioned: tuple | None = None  # (mu, spks, cond, their versions, terms): the last solve's
+        self.condition_runs = 0
+
+    def _terms(self, mu, spks, cond) -> dict[str, np.ndarray]:
+        given = (mu, spks, cond)
+        # (inference-mode tensors keep no version counter: those are matched by identity alone)
+        versions = tuple(None if v.is_inference() else v._version for v in given)
+        last = self._conditioned
+        if last is None or any(a is not b for a, b in zip(last[:3], given, strict=True)) or last[3] != versions:
+            c_block1, c_res = self.condition_session.run(None, {"mu": _np(mu), "spks": _np(spks), "cond": _np(cond)})
+            self._conditioned = (*given, versions, {"c_block1": c_block1, "c_res": c_res})
+            self.condition_runs += 1
+        return self._conditioned[4]
 
     def forward(self, x, mask, mu, t, spks=None, cond=None) -> torch.Tensor:
         if spks is None:
             spks = torch.zeros(x.size(0), x.size(1), dtype=x.dtype, device=x.device)
         if cond is None:
             cond = torch.zeros_like(x)
-        given = {"x": x, "mu": mu, "t": t, "spks": spks, "cond": cond}
         if self.takes_mask:
-            given["mask"] = torch.ones_like(x[:, :1]) if mask is None else mask
+            mask = torch.ones_like(x[:, :1]) if mask is None else mask
         elif mask is not None and not bool((mask == 1).all()):
             raise ValueError(f"{self.path.name} was exported without padding support: the mask must be all ones")
-        (out,) = self.session.run(None, {name: _np(given[name]) for name in self._names})
+        if self.condition_session is not None:
+            feeds = {"x": _np(x), "t": _np(t), **self._terms(mu, spks, cond)}
+        else:
+            given = {"x": x, "mu": mu, "t": t, "spks": spks, "cond": cond, "mask": mask}
+            feeds = {name: _np(given[name]) for name in self._names}
+        (out,) = self.session.run(None, feeds)
         return torch.from_numpy(out).to(x.device, x.dtype)
 
 
