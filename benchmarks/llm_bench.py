@@ -32,10 +32,10 @@ For each preset, in one process:
    makes their prefill cheap) decoding ``--long-new-tokens`` tokens: the per-step cost of a chat-sized
    context.
 4. profile (unless ``--no-profile``): extra decode runs with timers around the engine's stages:
-   building the padded K/V batch (``Engine._decode`` before the forward), ALiBi bias, attention
-   projections, attention core (K/V concat, GQA repeat, scores, softmax), MLP, lm_head, the rest of
-   the forward, appending the new K/V to each sequence, sampling, prefix-cache inserts; and a
-   torch.profiler table of the top aten ops.
+   preparing the step's K/V slots (``Engine._decode`` before the forward: ids, positions, the
+   ``SlotKV`` step), ALiBi bias, attention projections, attention core (writing the new K/V into the
+   slots, scores, softmax), MLP, lm_head, the rest of the forward, the rest of ``_decode`` after the
+   forward, sampling, prefix-cache inserts; and a torch.profiler table of the top aten ops.
 
 Results: ``<out>/llm_bench.json`` (the common envelope: config, git SHA, machine) and, when matplotlib is
 installed, ``<out>/llm_bench.png``. A readable table goes to stdout, progress to stderr.
@@ -203,8 +203,8 @@ def instrumented(engine, model) -> Iterator[Timers]:
 
     def forward(*args, **kwargs):
         t0 = time.perf_counter()
-        if "decode_enter" in t.marks:  # the padded K/V batch was built between the two
-            t.add("kv_gather_pad", t0 - t.marks.pop("decode_enter"))
+        if "decode_enter" in t.marks:  # the step's K/V slots were prepared between the two
+            t.add("kv_step", t0 - t.marks.pop("decode_enter"))
         try:
             return fwd(*args, **kwargs)
         finally:
@@ -230,14 +230,14 @@ def decode_breakdown(s: dict[str, float], steps: int) -> dict:
     fwd = s.get("forward", 0.0)
     attn = s.get("attention", 0.0)
     parts = {
-        "kv_gather_pad": s.get("kv_gather_pad", 0.0),
+        "kv_step": s.get("kv_step", 0.0),
         "alibi_bias": s.get("alibi_bias", 0.0),
         "attn_proj": s.get("attn_proj", 0.0),
         "attn_core": attn - s.get("attn_proj", 0.0),
         "mlp": s.get("mlp", 0.0),
         "lm_head": s.get("lm_head", 0.0),
         "forward_other": fwd - attn - s.get("mlp", 0.0) - s.get("lm_head", 0.0) - s.get("alibi_bias", 0.0),
-        "kv_append": s.get("decode", 0.0) - s.get("kv_gather_pad", 0.0) - fwd - s.get("accept", 0.0),
+        "decode_other": s.get("decode", 0.0) - s.get("kv_step", 0.0) - fwd - s.get("accept", 0.0),
         "sampling": s.get("sampling", 0.0),
         "cache_insert": s.get("cache_insert", 0.0),
         "accept_other": s.get("accept", 0.0) - s.get("sampling", 0.0) - s.get("cache_insert", 0.0),
