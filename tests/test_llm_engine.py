@@ -213,22 +213,25 @@ def test_min_tokens_per_response_parsing():
 
 def test_batched_top_k_draw_equals_a_multinomial_per_row():
     """sample_rows draws each row's token from its own generator as torch.multinomial over the row's top-k
-    distribution would (same ids), also with rows of different k, temperature and top-p in one batch."""
+    distribution would (same ids), also with rows of different k, temperature and top-p in one batch, and
+    on the whole-vocabulary path (top-k off)."""
     from stepaudio.llm.sampling import sample_rows
 
     gen = torch.Generator().manual_seed(0)
-    params = [SamplingParams(temperature=t, top_k=k, top_p=p, seed=i)
-              for i, (t, k, p) in enumerate([(0.7, 50, 1.0), (1.0, 5, 1.0), (1.3, 40, 0.8), (0.5, 1, 1.0)])]
+    params = [SamplingParams(temperature=t, top_k=k, top_p=p, seed=i) for i, (t, k, p) in
+              enumerate([(0.7, 50, 1.0), (1.0, 5, 1.0), (1.3, 40, 0.8), (0.5, 1, 1.0), (0.9, 0, 0.7)])]
     for draw in range(30):
-        logits = 3 * torch.randn(4, 300, generator=gen)
-        seeds = [draw * 10 + i for i in range(4)]
+        logits = 3 * torch.randn(len(params), 300, generator=gen)
+        seeds = [draw * 10 + i for i in range(len(params))]
         got = sample_rows(logits, params, [[] for _ in params], [torch.Generator().manual_seed(s) for s in seeds])
         expect = []
         for row, p, s in zip(logits, params, seeds, strict=True):
-            vals, idx = torch.topk(row / p.temperature, p.top_k)
+            vals, idx = torch.topk(row / p.temperature, p.top_k or row.numel())
             probs = torch.softmax(vals, dim=-1)
             if p.top_p < 1.0:
                 keep = (probs.cumsum(-1) - probs) <= p.top_p
                 probs = torch.softmax(vals.masked_fill(~keep, float("-inf")), dim=-1)
+            if not p.top_k:  # the whole vocabulary is drawn from in id order
+                probs, idx = torch.zeros_like(row).scatter(0, idx, probs), torch.arange(row.numel())
             expect.append(int(idx[torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(s))]))
         assert got == expect

@@ -104,6 +104,20 @@ def _rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
     return x if len(rows) == x.shape[0] else x.index_select(0, torch.tensor(rows))
 
 
+def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """One index per row of (B, K) probabilities, row i drawn with ``generators[i]`` (None: torch's default).
+
+    torch.multinomial(p, 1, generator=g) draws argmax(p / q), q exponential noise from g (its one-sample
+    path): the same noise, row by row, then one argmax for the batch picks the very indices a multinomial
+    per row picks, without a call per row. The noise is drawn where each generator lives (a request's
+    seeded generator is a CPU one), so seeded draws are the same whether the logits are on a CPU or a GPU.
+    """
+    k = probs.shape[-1]
+    noise = [torch.empty(k, dtype=probs.dtype, device=probs.device if g is None else g.device).exponential_(
+        generator=g) for g in generators]
+    return torch.argmax(probs / torch.stack([q.to(probs.device) for q in noise]), dim=-1)
+
+
 def sample_rows(
     logits: torch.Tensor,  # (B, V)
     params: list[SamplingParams],
@@ -139,12 +153,7 @@ def sample_rows(
             if params[i].top_p < 1.0:
                 vals[row] = vals[row].masked_fill(~_top_p_keep(vals[row], params[i].top_p), float("-inf"))
         probs = torch.softmax(vals, dim=-1)
-        # torch.multinomial(p, 1, generator=g) draws argmax(p / q), q exponential noise from g (its one-sample
-        # path): the same noise, row by row from each row's generator, then one argmax for the batch picks
-        # the very ids a multinomial per row picks, without a multinomial call per row.
-        noise = torch.stack([torch.empty(k_max, dtype=probs.dtype, device=probs.device).exponential_(
-            generator=generators[i]) for i in topk])
-        picks = idx.gather(1, torch.argmax(probs / noise, dim=-1, keepdim=True)).reshape(-1).tolist()
+        picks = idx.gather(1, _draw(probs, [generators[i] for i in topk])[:, None]).reshape(-1).tolist()
         for i, t in zip(topk, picks, strict=True):
             out[i] = t
     for i, p in enumerate(params):  # top-k off: the whole vocabulary
@@ -154,7 +163,7 @@ def sample_rows(
         if p.top_p < 1.0:
             sorted_logits, order = torch.sort(row, descending=True)
             row[order[~_top_p_keep(sorted_logits, p.top_p)]] = float("-inf")
-        out[i] = int(torch.multinomial(torch.softmax(row, dim=-1), 1, generator=generators[i]))
+        out[i] = int(_draw(torch.softmax(row, dim=-1)[None], [generators[i]])[0])
     if columns is not None:
         return columns.ids[torch.tensor(out)].tolist()
     return out  # type: ignore[return-value]
