@@ -82,7 +82,7 @@ class LayerCache:
 
     def extend(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values to attend to: the past, then the new tokens' (B, G_local, T, D).
-        (A cache may instead write the new ones into its own storage: see ``SlotKV.layers``.)"""
+        (A cache may instead write the new ones into its own storage: see ``SlotKV.step``.)"""
         if not self.k.shape[2]:
             return k_new, v_new
         return torch.cat([self.k.to(k_new.dtype), k_new], dim=2), torch.cat([self.v.to(v_new.dtype), v_new], dim=2)

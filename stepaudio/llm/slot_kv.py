@@ -6,9 +6,9 @@ positions as views and writes each sequence's new K/V in place, from inside the 
 decode step, and concatenating the past with the new keys another ~10%). Buffers are laid out (slot,
 group, time, dim): a batch's view then has one stride over (slot, group), which a batched matmul takes
 as it is (a (time, group) layout made matmul copy the view every step), and one ``index_copy_`` over the
-flattened (slot, group, time) rows appends a token to every slot. A slot's
-positions past its length are -1 (padding, never attended to). The time capacity is shared by all
-slots; it grows to fit the longest sequence and shrinks back once no sequence needs it.
+flattened (slot, group, time) rows appends a token to every slot. A slot's positions past its length
+are -1 (padding, never attended to). The time capacity is shared by all slots; it grows to fit the
+longest sequence and shrinks back once no sequence needs it.
 """
 
 from __future__ import annotations
