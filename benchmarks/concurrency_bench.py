@@ -7,7 +7,8 @@ One tritonserver (``cpu`` preset, tiny checkpoints, ``audio_only`` variant by de
 on, fixed seed) serve every level. For each N the callers run in a separate process
 (``python -m benchmarks.realtime_caller``: N WebSocket sessions, each speaking espeak-ng utterances in
 100 ms PCM16 24 kHz frames on a real-time schedule, staggered over ``--spread-s``, and staying on the line
-with silence until each reply is done). See ``benchmarks.realtime_caller`` for the per-turn measures.
+with silence until each reply is done). See ``benchmarks.realtime_caller`` for the per-turn measures. Without
+espeak-ng and sox the callers speak bundled espeak-ng recordings instead; each level's ``workload`` says which.
 
 **Held at real time.** N sessions are held when, over all their turns:
 
@@ -139,7 +140,7 @@ def run_level(n: int, turns: int, port: int, pgid: int | None, args) -> dict:
     cpu["callers (load generator)"] = round(callers, 2)
     return {"sessions": n, "turns_per_session": turns, "waited_for_idle_s": waited, "wall_s": doc["wall_s"],
             "speculation": spec, "cpu_s": cpu, "load": load, "session_errors": doc["session_errors"],
-            "results": doc["results"]}
+            "workload": doc.get("workload"), "results": doc["results"]}
 
 
 def summarize_level(lv: dict, args) -> dict:

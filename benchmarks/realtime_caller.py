@@ -57,13 +57,29 @@ UTTERANCES = (
 
 
 # -- workload -----------------------------------------------------------------------------------------
+# espeak-ng recordings shipped with the client (no pause inside): the workload where espeak-ng or sox is
+# missing. Not a synthetic signal: the controller's Silero VAD cuts that one mid-utterance, so its turns
+# end early and are barged in on by their own tail, which measures nothing.
+BUNDLED_UTTERANCES = ("demo_weather", "demo_bargein", "hello_24k")
+
+
 def utterance(text: str, seed: int = 0, rate_hz: int = RATE_HZ) -> tuple[np.ndarray, str]:
-    """``text`` spoken by espeak-ng (float32 at ``rate_hz``), or a seeded speech-like signal without it."""
-    from benchmarks.common import espeak_available, espeak_speech, espeak_version, synthetic_speech
+    """``text`` spoken by espeak-ng (float32 at ``rate_hz``) and where it came from; without espeak-ng and
+    sox, bundled espeak-ng recordings of other sentences (``BUNDLED_UTTERANCES``, picked by ``seed``)."""
+    from benchmarks.common import espeak_available, espeak_speech, espeak_version
 
     if espeak_available():
         return espeak_speech(text, rate_hz), f"espeak-ng ({espeak_version()}) via sox"
-    return synthetic_speech(2.5, seed, rate_hz), f"synthetic speech-like signal (seed {seed})"
+    from client.audio_io import read_wav
+    from client.demo_conversation import SAMPLES
+    from controller.resample import StreamingResampler
+
+    name = BUNDLED_UTTERANCES[seed % len(BUNDLED_UTTERANCES)]
+    audio, sr = read_wav(SAMPLES / f"{name}.wav")
+    if sr != rate_hz:
+        r = StreamingResampler(sr, rate_hz)
+        audio = np.concatenate([r.process(np.asarray(audio, dtype=np.float32)), r.flush()])
+    return audio.astype(np.float32), f"bundled espeak-ng recording client/samples/{name}.wav (espeak-ng or sox missing)"
 
 
 def pcm16_b64(x: np.ndarray) -> str:
@@ -377,10 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-remote", action="store_true", help="allow a non-local --url")
     args = p.parse_args(argv)
     require_local(args.url, allow_remote=args.allow_remote)
-    audios = [utterance(t, i)[0] for i, t in enumerate(UTTERANCES)]
+    spoken = [utterance(t, i) for i, t in enumerate(UTTERANCES)]
+    audios = [a for a, _ in spoken]
     doc = run_fleet(args.url, args.sessions, args.turns, audios, frame_ms=args.frame_ms,
                     silence_duration_ms=args.silence_duration_ms, reply_timeout_s=args.reply_timeout_s,
                     seed=args.seed, max_wall_s=args.max_wall_s, spread_s=args.spread_s)
+    doc["workload"] = sorted({src for _, src in spoken})
     text = json.dumps(doc)
     if args.out:
         with open(args.out, "w") as f:

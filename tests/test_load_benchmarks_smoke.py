@@ -37,6 +37,25 @@ def test_b64_len_matches_decoding():
         assert b64_len(s) == len(base64.b64decode(s)) == 2 * n
 
 
+def test_utterance_without_espeak_is_bundled_speech(monkeypatch):
+    """Without espeak-ng the callers speak the bundled recordings (not a synthetic signal, which the VAD
+    cuts mid-utterance), at the rate asked for, and say so."""
+    import benchmarks.common as common
+    from benchmarks.realtime_caller import BUNDLED_UTTERANCES, utterance
+    from client.audio_io import read_wav
+    from client.demo_conversation import SAMPLES
+
+    monkeypatch.setattr(common, "espeak_available", lambda: False)
+    for seed, rate_hz in ((0, 24000), (1, 16000), (len(BUNDLED_UTTERANCES), 24000)):
+        name = BUNDLED_UTTERANCES[seed % len(BUNDLED_UTTERANCES)]
+        ref, ref_hz = read_wav(SAMPLES / f"{name}.wav")
+        audio, source = utterance("ignored", seed, rate_hz)
+        assert name in source and "espeak-ng or sox missing" in source
+        assert audio.dtype == np.float32
+        assert abs(audio.size / rate_hz - ref.size / ref_hz) < 0.01
+        assert np.abs(audio).max() > 0.05  # speech, not silence
+
+
 def test_only_local_targets():
     assert is_local("127.0.0.1") and is_local("localhost") and is_local("127.3.2.1") and is_local("[::1]")
     assert not is_local("10.0.0.1") and not is_local("192.168.1.5") and not is_local("example.com")
