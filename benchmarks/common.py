@@ -93,7 +93,35 @@ def _mem_total_gb() -> float | None:
     return None
 
 
-def machine_info(include_torch: bool = True) -> dict[str, object]:
+def host_speed(repeats: int = 5) -> dict[str, float]:
+    """Two single-threaded speed probes of the host (~0.3 s), so runs on different hosts can be compared:
+    the VM's name and CPU model can stay the same while the hardware under it does the same work in ~1.8x
+    fewer CPU-seconds (seen between two hosts of the same 2-vCPU VM, ``benchmarks/README.md``).
+    ``python_mloops_per_s``: million iterations of a small interpreted loop per second (the controller and
+    the stubs' bookkeeping); ``numpy_mexp_per_s``: million float32 ``exp`` per second (elementwise kernels).
+    Best of ``repeats``: a probe that another process interrupted only reads slower."""
+    def loop(n: int) -> int:
+        acc = 0
+        for i in range(n):
+            acc += i & 7
+        return acc
+
+    x = np.linspace(-4.0, 4.0, 1 << 20, dtype=np.float32)
+    out = np.empty_like(x)
+    best_loop = best_exp = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        loop(1_000_000)
+        best_loop = min(best_loop, time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(8):
+            np.exp(x, out=out)
+        best_exp = min(best_exp, time.perf_counter() - t)
+    return {"python_mloops_per_s": round(1.0 / best_loop, 2), "numpy_mexp_per_s": round(8 * x.size / best_exp / 1e6, 1)}
+
+
+def machine_info(include_torch: bool = True, probe_speed: bool = True) -> dict[str, object]:
+    """The machine a result came from; ``probe_speed``: with ``host_speed()`` (~0.3 s of one core)."""
     info: dict[str, object] = {
         "hostname": platform.node(),
         "platform": platform.platform(),
@@ -118,6 +146,8 @@ def machine_info(include_torch: bool = True) -> dict[str, object]:
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
+    if probe_speed:
+        info["host_speed"] = host_speed()
     return info
 
 

@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work)
     import torch
 
-    machine.update(machine_info())  # torch / onnxruntime versions; torch_threads = this process's default
+    machine.update(machine_info(probe_speed=False))  # torch / onnxruntime versions; torch_threads = this process's default
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["summary"] = summary(results)
     results["peak_rss_mb"] = peak_rss_mb()

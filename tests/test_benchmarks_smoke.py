@@ -119,3 +119,15 @@ def test_segment_sweep_json(outputs):
         assert g["totals"]["30000/utterance"]["vq06_diff"] == 0
     else:
         assert "skipped" in res["golden"]
+
+
+def test_machine_info_probes_the_host_speed():
+    """Every result records how fast its host runs a fixed interpreted loop and an elementwise kernel, so
+    runs on different hosts of the same VM can be told apart; the probe can be left out."""
+    from benchmarks.common import host_speed, machine_info
+
+    speed = host_speed(repeats=2)
+    assert set(speed) == {"python_mloops_per_s", "numpy_mexp_per_s"}
+    assert all(math.isfinite(v) and v > 0 for v in speed.values())
+    assert set(machine_info(include_torch=False)["host_speed"]) == set(speed)
+    assert "host_speed" not in machine_info(include_torch=False, probe_speed=False)
