@@ -12,7 +12,7 @@ STAMP := $(VENV)/.setup-stamp
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/setup_venv.sh
+$(STAMP): pyproject.toml tools/setup_venv.sh tools/fetch_silero_vad.py
 	VENV=$(VENV) bash tools/setup_venv.sh
 
 lint: $(STAMP)

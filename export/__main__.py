@@ -92,6 +92,17 @@ def _serve(args: argparse.Namespace) -> int:
             sidecar.stop()
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    from export import fleet
+
+    cfg = fleet.config_from_args(args)
+    path = fleet.write(cfg, args.out)
+    deploy = cfg.check()
+    print(f"[fleet] wrote {path}: {cfg.replicas} pod(s) of Triton ({cfg.preset} preset, {cfg.gpus(deploy)} GPU(s) "
+          f"each) + controller; Realtime Service {cfg.name}-realtime:{cfg.service_port}", flush=True)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from export.demo import run_demo
 
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, func, help_text in (
         ("build", _build, "render a servable model repository"),
         ("serve", _serve, "render and run tritonserver in the foreground"),
-        ("demo", _demo, "start the server, tokenize a bundled speech sample, stop"),
+        ("demo", _demo, "start Triton and the controller, hold the scripted spoken conversation, stop"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--checkpoints", required=name == "build", default=None)
@@ -122,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override a deployment-config field (repeatable)")
         p.set_defaults(func=func)
+
+    from export import fleet
+
+    p = sub.add_parser("fleet", help="render Kubernetes manifests: pods of Triton + controller, their Services")
+    fleet.add_arguments(p)
+    p.set_defaults(func=_fleet)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,155 @@
+"""The fleet manifests (`python -m export fleet`): valid Kubernetes objects (the API's own JSON schemas,
+strict), wired together (ports, probes, selectors, GPUs, the controller's Triton), refusing bad settings,
+and the committed example in step with the renderer."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from export.deploy_config import ConfigError
+from export.fleet import FleetConfig, render, to_yaml
+from tests.conftest import ROOT
+
+K8S_VERSIONS = ("1.27.0", "1.30.0")  # the oldest still common in managed clusters, and a recent one
+
+
+def _by_kind(manifests):
+    return {(m["kind"], m["metadata"]["name"]): m for m in manifests}
+
+
+def _pod(manifests):
+    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
+    return deployment["spec"]["template"]
+
+
+def _containers(manifests):
+    return {c["name"]: c for c in _pod(manifests)["spec"]["containers"]}
+
+
+@pytest.mark.parametrize("cfg", [FleetConfig(), FleetConfig(preset="cpu", replicas=1, service_type="LoadBalancer",
+                                                            namespace="voice")])
+def test_manifests_pass_the_kubernetes_schemas(cfg):
+    manifests = render(cfg)
+    assert [m["kind"] for m in manifests] == ["Deployment", "Service", "Service", "PodDisruptionBudget"]
+    for m in manifests:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(m, version, strict=True)  # raises on any unknown or mistyped field
+
+
+def test_the_schema_check_catches_a_bad_manifest():
+    bad = render(FleetConfig())[0]
+    bad["spec"]["template"]["spec"]["containers"][0]["startupProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError, match="startupProbes"):
+        kubernetes_validate.validate(bad, K8S_VERSIONS[-1], strict=True)
+
+
+def test_pod_is_wired_together():
+    manifests = render(FleetConfig(replicas=3, max_sessions_per_pod=32))
+    pod = _pod(manifests)
+    containers = _containers(manifests)
+    ports = {p["name"]: p["containerPort"] for c in containers.values() for p in c["ports"]}
+    for c in containers.values():  # every probe names a declared port
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if probe in c:
+                target = c[probe].get("httpGet") or c[probe].get("tcpSocket")
+                assert target["port"] in ports, (c["name"], probe)
+    ctl = containers["controller"]["args"]
+    assert ctl[:4] == ["python", "-m", "controller", "serve"]
+    assert ctl[ctl.index("--triton") + 1] == f"127.0.0.1:{ports['triton-grpc']}"  # its own pod's Triton
+    assert int(ctl[ctl.index("--port") + 1]) == ports["realtime"]
+    assert ctl[ctl.index("--max-sessions") + 1] == "32"
+    triton = containers["triton"]
+    assert {e["name"]: e.get("value") for e in triton["env"]}["CONTROLLER_PORT"] == "off"
+    mounts = {m["name"] for c in containers.values() for m in c.get("volumeMounts", [])}
+    assert mounts == {v["name"] for v in pod["spec"]["volumes"]}
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 4  # the gpu preset's chat_llm spans 4 GPUs
+    # the Services and the disruption budget select exactly the pods, and target declared ports
+    labels = pod["metadata"]["labels"]
+    for m in manifests[1:]:
+        selector = m["spec"]["selector"]
+        selector = selector.get("matchLabels", selector)
+        assert selector.items() <= labels.items(), m["metadata"]["name"]
+        for port in m["spec"].get("ports", []):
+            assert port["targetPort"] in ports
+    deployment = manifests[0]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_gpus_follow_the_deployment_config():
+    assert _containers(render(FleetConfig(overrides=("chat_llm.tensor_parallel_size=8",))))["triton"][
+        "resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert "limits" not in _containers(render(FleetConfig(preset="cpu")))["triton"]["resources"]
+    assert _containers(render(FleetConfig(gpus_per_pod=8)))["triton"]["resources"]["limits"]["nvidia.com/gpu"] == 8
+    args = _containers(render(FleetConfig(overrides=("tts_lm.max_batch_size=32",))))["triton"]["args"]
+    assert args[args.index("--set") + 1] == "tts_lm.max_batch_size=32"  # each pod renders with the overrides
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"replicas": 0}, "replicas"),
+    ({"gpus_per_pod": 2}, "tensor parallelism needs 4"),
+    ({"overrides": ("chat_llm.nope=1",)}, "chat_llm.nope"),
+    ({"preset": "tpu"}, "unknown preset"),
+    ({"name": "Step_Audio"}, "name="),
+    ({"controller_port": 8001}, "controller_port"),
+    ({"service_type": "Ingress"}, "service_type"),
+])
+def test_bad_settings_are_refused_by_name(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        render(FleetConfig(**kw))
+
+
+def test_controller_serves_the_probed_path():
+    from controller.config import ControllerConfig
+    from controller.server import ControllerServer
+
+    path = _containers(render(FleetConfig()))["controller"]["readinessProbe"]["httpGet"]["path"]
+    app = ControllerServer(ControllerConfig(), backend=None, vad=None).app()
+    assert path in {r.get_info().get("path") for r in app.router.resources()}
+
+
+@pytest.mark.integration
+def test_tritonserver_answers_the_probed_paths(tiny_server):
+    triton = _containers(render(FleetConfig()))["triton"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        url = f"http://{tiny_server.http_url}{triton[probe]['httpGet']['path']}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.status == 200, url
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"{url}: HTTP {exc.code}")
+
+
+def test_committed_example_is_the_default_render():
+    committed = (ROOT / "docker" / "fleet.yaml").read_text()
+    assert committed == to_yaml(render(FleetConfig())), "re-render: python -m export fleet --out docker/fleet.yaml"
+    assert len(list(yaml.safe_load_all(committed))) == 4
+
+
+def test_cli_writes_the_manifests(tmp_path, capsys):
+    from export.__main__ import main
+
+    out = tmp_path / "fleet.yaml"
+    assert main(["fleet", "--out", str(out), "--replicas", "3", "--set", "chat_llm.tensor_parallel_size=2"]) == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert docs[0]["spec"]["replicas"] == 3
+    assert _containers(docs)["triton"]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert "3 pod(s)" in capsys.readouterr().out
+    assert main(["fleet", "--out", str(out), "--replicas", "0"]) == 2
+    assert "replicas must be >= 1" in capsys.readouterr().err
+
+
+def test_silero_hash_is_the_one_the_controller_checks():
+    import importlib.util
+
+    from controller.vad import SILERO_SHA256
+
+    spec = importlib.util.spec_from_file_location("fetch_silero_vad", ROOT / "tools" / "fetch_silero_vad.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.SHA256 == SILERO_SHA256
