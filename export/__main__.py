@@ -110,7 +110,8 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(checkpoints, Path(args.out), args.preset, args.set)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (the fleet manifests and the images' commands are checked against it)."""
     parser = argparse.ArgumentParser(prog="python -m export")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -139,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("fleet", help="render Kubernetes manifests: pods of Triton + controller, their Services")
     fleet.add_arguments(p)
     p.set_defaults(func=_fleet)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, RenderError, CheckpointError) as exc:

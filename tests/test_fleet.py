@@ -153,3 +153,49 @@ def test_silero_hash_is_the_one_the_controller_checks():
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.SHA256 == SILERO_SHA256
+
+
+def test_container_commands_are_valid_command_lines():
+    """Each container's args parse with the real command line they invoke (an option renamed there fails here)."""
+    from controller.__main__ import _parser as controller_parser
+    from export.__main__ import parser as export_parser
+
+    containers = _containers(render(FleetConfig(overrides=("tts_lm.max_batch_size=32",))))
+    triton = containers["triton"]["args"]
+    assert triton[:3] == ["python3", "-m", "export"]
+    served = export_parser().parse_args(triton[3:])
+    assert (served.command, served.preset, served.set) == ("serve", "gpu", ["tts_lm.max_batch_size=32"])
+    ctl = controller_parser().parse_args(containers["controller"]["args"][3:])
+    assert (ctl.command, ctl.host, ctl.triton_wait_s) == ("serve", "0.0.0.0", 1800.0)
+
+
+def _dockerfile(name: str) -> list[str]:
+    """The instructions of docker/<name>, continuation lines joined, comments dropped."""
+    text = (ROOT / "docker" / name).read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.triton", "Dockerfile.controller"])
+def test_dockerfiles_copy_what_exists_and_run_real_commands(name):
+    import json
+    import shlex
+
+    from controller.__main__ import _parser as controller_parser
+    from export.__main__ import parser as export_parser
+
+    lines = _dockerfile(name)
+    copies = [shlex.split(line)[1:-1] for line in lines if line.startswith("COPY ")]
+    assert copies
+    for sources in copies:
+        for src in sources:
+            assert (ROOT / src).exists(), f"{name}: COPY {src}: no such path"
+    (cmd,) = [json.loads(line[len("CMD"):]) for line in lines if line.startswith("CMD ")]
+    module = cmd[cmd.index("-m") + 1]
+    parse = {"export": export_parser().parse_args, "controller": controller_parser().parse_args}[module]
+    assert parse(cmd[cmd.index("-m") + 2:]).command == "serve"
+
+
+def test_controller_image_stays_light():
+    installs = [line for line in _dockerfile("Dockerfile.controller") if "pip install" in line]
+    assert installs and all('".[controller]"' in line for line in installs)
+    assert not any(extra in line for line in installs for extra in ("models", "serve]", "torch"))
