@@ -20,7 +20,7 @@ readiness) and a TCP check (liveness, so a Triton restart does not restart the c
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class FleetConfig:
     triton_memory: str = "128Gi"
     controller_cpu: str = "2"
     controller_memory: str = "2Gi"
-    controller_args: tuple[str, ...] = field(default_factory=tuple)  # more `python -m controller serve` options
+    controller_args: tuple[str, ...] = ()  # more `python -m controller serve` options
 
     def check(self) -> DeploymentConfig:
         """The deployment config these manifests serve (preset + overrides), after checking every field."""
@@ -64,9 +64,11 @@ class FleetConfig:
         for key in ("replicas", "max_sessions_per_pod", "startup_timeout_s", "shm_gib", "termination_grace_s"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("controller_port", "service_port"):
-            if not 1 <= getattr(self, key) <= 65535 or getattr(self, key) in _triton_ports():
-                raise ConfigError(f"{key}={getattr(self, key)}: a free port in 1..65535, not Triton's 8000-8002")
+        if not 1 <= self.service_port <= 65535:
+            raise ConfigError(f"service_port={self.service_port}: a port in 1..65535")
+        if not 1 <= self.controller_port <= 65535 or self.controller_port in _triton_ports():
+            raise ConfigError(f"controller_port={self.controller_port}: a port in 1..65535 other than Triton's "
+                              "8000-8002 (the two containers share the pod's network)")
         if self.service_type not in SERVICE_TYPES:
             raise ConfigError(f"service_type={self.service_type!r}: {' | '.join(SERVICE_TYPES)}")
         deploy = load_config(self.preset, CHECKPOINTS_MOUNT, list(self.overrides))

@@ -98,6 +98,7 @@ def test_gpus_follow_the_deployment_config():
     ({"name": "Step_Audio"}, "name="),
     ({"controller_port": 8001}, "controller_port"),
     ({"service_type": "Ingress"}, "service_type"),
+    ({"service_port": 0}, "service_port"),
 ])
 def test_bad_settings_are_refused_by_name(kw, message):
     with pytest.raises(ConfigError, match=message):
