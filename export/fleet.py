@@ -55,6 +55,10 @@ class FleetConfig:
     triton_memory: str = "128Gi"
     controller_cpu: str = "2"
     controller_memory: str = "2Gi"
+    # Autoscaling (a HorizontalPodAutoscaler) when max_replicas is set: on the controllers' open sessions,
+    # which the cluster's metrics adapter must serve as the custom pod metric ``controller_sessions_active``.
+    max_replicas: int | None = None
+    target_sessions_per_pod: int | None = None  # None: 3/4 of max_sessions_per_pod
     controller_args: tuple[str, ...] = ()  # more `python -m controller serve` options
 
     def check(self) -> DeploymentConfig:
@@ -69,6 +73,11 @@ class FleetConfig:
         if not 1 <= self.controller_port <= 65535 or self.controller_port in _triton_ports():
             raise ConfigError(f"controller_port={self.controller_port}: a port in 1..65535 other than Triton's "
                               "8000-8002 (the two containers share the pod's network)")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ConfigError(f"max_replicas={self.max_replicas}: at least replicas ({self.replicas})")
+        target = self.target_sessions_per_pod
+        if target is not None and not 1 <= target <= self.max_sessions_per_pod:
+            raise ConfigError(f"target_sessions_per_pod={target}: in 1..max_sessions_per_pod ({self.max_sessions_per_pod})")
         if self.service_type not in SERVICE_TYPES:
             raise ConfigError(f"service_type={self.service_type!r}: {' | '.join(SERVICE_TYPES)}")
         deploy = load_config(self.preset, CHECKPOINTS_MOUNT, list(self.overrides))
@@ -162,7 +171,8 @@ def _controller_container(cfg: FleetConfig) -> dict[str, Any]:
 
 
 def render(cfg: FleetConfig) -> list[dict[str, Any]]:
-    """The manifests, in apply order: Deployment, the Realtime Service, the Triton Service, a PodDisruptionBudget."""
+    """The manifests, in apply order: Deployment, the Realtime Service, the Triton Service, a PodDisruptionBudget
+    and, with ``max_replicas``, a HorizontalPodAutoscaler."""
     deploy = cfg.check()
     gpus = cfg.gpus(deploy)
     selector = _selector(cfg)
@@ -205,7 +215,31 @@ def render(cfg: FleetConfig) -> list[dict[str, Any]]:
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(cfg, cfg.name, "server"),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
     }
-    return [deployment, realtime, triton, pdb]
+    manifests = [deployment, realtime, triton, pdb]
+    if cfg.max_replicas is not None:
+        manifests.append(_autoscaler(cfg))
+    return manifests
+
+
+def _autoscaler(cfg: FleetConfig) -> dict[str, Any]:
+    target = cfg.target_sessions_per_pod or max(1, cfg.max_sessions_per_pod * 3 // 4)
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(cfg, cfg.name, "server"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": cfg.name},
+            "minReplicas": cfg.replicas, "maxReplicas": cfg.max_replicas,
+            "metrics": [{"type": "Pods", "pods": {"metric": {"name": "controller_sessions_active"},
+                                                  "target": {"type": "AverageValue", "averageValue": str(target)}}}],
+            # Removing a pod ends its conversations (the controller closes them on SIGTERM): scale in slowly,
+            # one pod per 5 minutes after 10 quiet minutes; scale out as fast as pods can load.
+            "behavior": {
+                "scaleDown": {"stabilizationWindowSeconds": 600,
+                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
+                "scaleUp": {"stabilizationWindowSeconds": 0,
+                            "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]},
+            },
+        },
+    }
 
 
 def to_yaml(manifests: list[dict[str, Any]]) -> str:
@@ -232,6 +266,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service-type", default=d.service_type, choices=SERVICE_TYPES)
     p.add_argument("--max-sessions-per-pod", type=int, default=d.max_sessions_per_pod)
     p.add_argument("--startup-timeout-s", type=int, default=d.startup_timeout_s)
+    p.add_argument("--max-replicas", type=int, default=None,
+                   help="add an autoscaler between --replicas and this, on the controllers' open sessions")
+    p.add_argument("--target-sessions-per-pod", type=int, default=None,
+                   help="the autoscaler's target (default: 3/4 of --max-sessions-per-pod)")
 
 
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
@@ -240,7 +278,8 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
                        overrides=tuple(args.set), gpus_per_pod=args.gpus_per_pod,
                        checkpoints_claim=args.checkpoints_claim, api_keys_secret=args.api_keys_secret,
                        service_type=args.service_type, max_sessions_per_pod=args.max_sessions_per_pod,
-                       startup_timeout_s=args.startup_timeout_s)
+                       startup_timeout_s=args.startup_timeout_s, max_replicas=args.max_replicas,
+                       target_sessions_per_pod=args.target_sessions_per_pod)
 
 
 def write(cfg: FleetConfig, out: Path) -> Path:

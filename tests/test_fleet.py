@@ -32,10 +32,12 @@ def _containers(manifests):
 
 
 @pytest.mark.parametrize("cfg", [FleetConfig(), FleetConfig(preset="cpu", replicas=1, service_type="LoadBalancer",
-                                                            namespace="voice")])
+                                                            namespace="voice"),
+                                 FleetConfig(replicas=2, max_replicas=8)])
 def test_manifests_pass_the_kubernetes_schemas(cfg):
     manifests = render(cfg)
-    assert [m["kind"] for m in manifests] == ["Deployment", "Service", "Service", "PodDisruptionBudget"]
+    kinds = ["Deployment", "Service", "Service", "PodDisruptionBudget"]
+    assert [m["kind"] for m in manifests] == kinds + (["HorizontalPodAutoscaler"] if cfg.max_replicas else [])
     for m in manifests:
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(m, version, strict=True)  # raises on any unknown or mistyped field
@@ -90,6 +92,27 @@ def test_gpus_follow_the_deployment_config():
     assert args[args.index("--set") + 1] == "tts_lm.max_batch_size=32"  # each pod renders with the overrides
 
 
+def test_autoscaler_scales_the_deployment_on_open_sessions():
+    deployment, *_, hpa = render(FleetConfig(replicas=2, max_replicas=6, max_sessions_per_pod=40))
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                      "name": deployment["metadata"]["name"]}
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 6)
+    (metric,) = spec["metrics"]
+    assert metric["pods"]["metric"]["name"] == "controller_sessions_active"  # the controller's own gauge
+    assert metric["pods"]["target"]["averageValue"] == "30"  # 3/4 of 40
+    assert spec["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+    target = render(FleetConfig(max_replicas=4, target_sessions_per_pod=10))[-1]["spec"]["metrics"][0]
+    assert target["pods"]["target"]["averageValue"] == "10"
+    assert all(m["kind"] != "HorizontalPodAutoscaler" for m in render(FleetConfig()))
+
+
+def test_autoscaled_metric_is_the_controllers():
+    from controller.metrics import Metrics
+
+    assert b"controller_sessions_active" in Metrics().render()
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"replicas": 0}, "replicas"),
     ({"gpus_per_pod": 2}, "tensor parallelism needs 4"),
@@ -99,6 +122,8 @@ def test_gpus_follow_the_deployment_config():
     ({"controller_port": 8001}, "controller_port"),
     ({"service_type": "Ingress"}, "service_type"),
     ({"service_port": 0}, "service_port"),
+    ({"replicas": 3, "max_replicas": 2}, "max_replicas"),
+    ({"max_replicas": 4, "target_sessions_per_pod": 65}, "target_sessions_per_pod"),
 ])
 def test_bad_settings_are_refused_by_name(kw, message):
     with pytest.raises(ConfigError, match=message):
