@@ -32,7 +32,7 @@ def _config(args: argparse.Namespace) -> ControllerConfig:
     )
 
 
-async def _serve(cfg: ControllerConfig, triton_wait_s: float) -> int:
+async def _serve(cfg: ControllerConfig, triton_wait_s: float, drain_s: float = 0.0) -> int:
     from controller.serve import start
 
     running = await start(cfg, triton_wait_s=triton_wait_s)
@@ -44,7 +44,7 @@ async def _serve(cfg: ControllerConfig, triton_wait_s: float) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await running.stop()
+    await running.stop(drain_s)
     return 0
 
 
@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--response-timeout-s", type=float, default=d.response_timeout_s,
                    help="a Triton stream silent this long fails its reply")
     p.add_argument("--triton-wait-s", type=float, default=120.0, help="how long to wait for Triton to answer")
+    p.add_argument("--drain-s", type=float, default=0.0,
+                   help="on SIGTERM/SIGINT, refuse new sessions and give the open ones this long to end (0: close "
+                        "them at once)")
     p.add_argument("--log-level", default=os.environ.get("CONTROLLER_LOG_LEVEL", "INFO"))
     return parser
 
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = _config(args)
     try:
         cfg.check()
-        return asyncio.run(_serve(cfg, args.triton_wait_s))
+        if args.drain_s < 0:
+            raise ValueError(f"--drain-s must be >= 0, got {args.drain_s}")
+        return asyncio.run(_serve(cfg, args.triton_wait_s, args.drain_s))
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,7 +25,12 @@ class RunningController:
     runner: web.AppRunner
     port: int
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Stops serving; with ``drain_s``, first refuses new sessions and gives the open ones that long to end."""
+        if drain_s > 0:
+            left = await self.server.drain(drain_s)
+            if left:
+                log.info("drain time over: closing %d session(s)", left)
         await self.runner.cleanup()  # the server's on_shutdown closes the sessions and their WebSockets first
         await self.server.backend.close()
 
@@ -96,9 +101,9 @@ class ControllerThread:
     def call(self, coro: Coroutine, timeout_s: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 0.0) -> None:
         if self.running is not None:
-            self.call(self.running.stop(), timeout_s=30)
+            self.call(self.running.stop(drain_s), timeout_s=30 + drain_s)
             self.running = None
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)

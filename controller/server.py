@@ -4,6 +4,8 @@ Auth: ``Authorization: Bearer <key>`` (or the browser form, a ``openai-insecure-
 WebSocket subprotocol) against the configured keys; with no keys the server only binds to localhost.
 Limits: at most ``max_sessions`` sessions (more get HTTP 503); a frame over ``max_frame_bytes`` gets an
 error event and is dropped, and one over four times that closes the connection (1009).
+Draining (``drain``, before a planned stop): new sessions get HTTP 503 ``draining`` and ``/healthz`` 503,
+so a load balancer sends them elsewhere, while the open conversations go on until they end or time runs out.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class ControllerServer:
         self.metrics = metrics or Metrics()
         self.sessions: dict[str, Session] = {}
         self._connections: dict[str, tuple[web.WebSocketResponse, asyncio.Task]] = {}
+        self.draining = False
+        self._session_closed = asyncio.Event()  # set at each session's end, for drain()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
@@ -67,6 +71,9 @@ class ControllerServer:
         if not self._authorized(request):
             self.metrics.sessions_rejected.labels("auth").inc()
             return self._reject(401, "invalid_api_key", "missing or wrong API key (Authorization: Bearer <key>)")
+        if self.draining:
+            self.metrics.sessions_rejected.labels("draining").inc()
+            return self._reject(503, "draining", "the server is shutting down: connect again to reach another")
         if len(self.sessions) >= self.cfg.max_sessions:
             self.metrics.sessions_rejected.labels("capacity").inc()
             return self._reject(503, "session_limit", f"the server has its {self.cfg.max_sessions} sessions")
@@ -111,6 +118,7 @@ class ControllerServer:
             self.sessions.pop(session.id, None)
             self._connections.pop(session.id, None)
             log.info("session %s closed (%d open)", session.id, len(self.sessions))
+            self._session_closed.set()
             await ws.close()
         return ws
 
@@ -133,9 +141,26 @@ class ControllerServer:
         await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
                                for _, (ws, _) in connections), return_exceptions=True)
 
+    async def drain(self, timeout_s: float) -> int:
+        """Refuses new sessions and waits up to ``timeout_s`` for the open ones to end; returns how many are
+        still open (the shutdown that follows closes them)."""
+        self.draining = True
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        if self.sessions:
+            log.info("draining: %d session(s) open, waiting up to %.0f s", len(self.sessions), timeout_s)
+        while self.sessions and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            self._session_closed.clear()
+            try:
+                await asyncio.wait_for(self._session_closed.wait(), left)
+            except asyncio.TimeoutError:  # (not the builtin before Python 3.11)
+                break
+        return len(self.sessions)
+
     async def _healthz(self, request: web.Request) -> web.Response:
         health = await self.backend.health()
         health["sessions"] = len(self.sessions)
+        if self.draining:
+            health.update(ok=False, draining=True)
         return web.json_response(health, status=200 if health.get("ok") else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -15,6 +15,9 @@ largest tensor-parallel size unless given.
 Probes: Triton's ``/v2/health/ready`` (startup and readiness; loading the 130B chat model takes minutes)
 and ``/v2/health/live``; the controller's ``/healthz`` (503 until its Triton has every required model:
 readiness) and a TCP check (liveness, so a Triton restart does not restart the controller too).
+
+Stopping a pod: the controller gets SIGTERM after a short lead and drains (``--drain-s``: no new sessions,
+the open ones get that long to end); Triton's SIGTERM is held back by a preStop wait until the drain is over.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8000, 8001, 8002
 CHECKPOINTS_MOUNT = "/checkpoints"  # docker/Dockerfile.triton's CHECKPOINTS
 REPOSITORY_DIR = "/opt/stepaudio/build/model_repository"  # where that image renders the repository
 SERVICE_TYPES = ("ClusterIP", "LoadBalancer", "NodePort")
+PRESTOP_LEAD_S = 5  # the controller's SIGTERM waits this long: endpoints drop a terminating pod asynchronously
+TRITON_STOP_S = 30  # time left for tritonserver to unload after the drain
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,10 @@ class FleetConfig:
     max_sessions_per_pod: int = 64
     startup_timeout_s: int = 1800  # rendering + loading every model, 130B chat model included
     shm_gib: int = 16  # /dev/shm for the Python backend's tensors between tritonserver and the stubs
-    termination_grace_s: int = 60  # SIGTERM closes the controller's sessions (1001 going away), then Triton
+    # A stopping pod (rolling update, scale-in): the controller refuses new sessions and gives the open ones
+    # drain_s to end (then closes them: 1001 going away); Triton's SIGTERM waits until that is over.
+    drain_s: int = 45
+    termination_grace_s: int = 90  # drain_s, its 5 s lead, and Triton's own stop
     triton_cpu: str = "16"
     triton_memory: str = "128Gi"
     controller_cpu: str = "2"
@@ -65,7 +73,8 @@ class FleetConfig:
         """The deployment config these manifests serve (preset + overrides), after checking every field."""
         if not self.name or not self.name.replace("-", "").isalnum() or self.name != self.name.lower():
             raise ConfigError(f"name={self.name!r}: lower-case letters, digits and '-' only")
-        for key in ("replicas", "max_sessions_per_pod", "startup_timeout_s", "shm_gib", "termination_grace_s"):
+        for key in ("replicas", "max_sessions_per_pod", "startup_timeout_s", "shm_gib", "termination_grace_s",
+                    "drain_s"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 1 <= self.service_port <= 65535:
@@ -73,6 +82,10 @@ class FleetConfig:
         if not 1 <= self.controller_port <= 65535 or self.controller_port in _triton_ports():
             raise ConfigError(f"controller_port={self.controller_port}: a port in 1..65535 other than Triton's "
                               "8000-8002 (the two containers share the pod's network)")
+        if self.termination_grace_s < self.drain_s + PRESTOP_LEAD_S + TRITON_STOP_S:
+            raise ConfigError(f"termination_grace_s={self.termination_grace_s}: at least drain_s + "
+                              f"{PRESTOP_LEAD_S + TRITON_STOP_S} ({self.drain_s + PRESTOP_LEAD_S + TRITON_STOP_S}), "
+                              "or Kubernetes kills the pod mid-drain")
         if self.max_replicas is not None and self.max_replicas < self.replicas:
             raise ConfigError(f"max_replicas={self.max_replicas}: at least replicas ({self.replicas})")
         target = self.target_sessions_per_pod
@@ -147,13 +160,16 @@ def _triton_container(cfg: FleetConfig, gpus: int) -> dict[str, Any]:
         "livenessProbe": _http_probe("/v2/health/live", "triton-http", period_s, 6),
         "volumeMounts": [{"name": "checkpoints", "mountPath": CHECKPOINTS_MOUNT, "readOnly": True},
                          {"name": "dshm", "mountPath": "/dev/shm"}],
+        # Every container of a stopping pod is told at once: Triton waits out the controller's drain, whose
+        # conversations still need it.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(cfg.drain_s + PRESTOP_LEAD_S)]}}},
     }
 
 
 def _controller_container(cfg: FleetConfig) -> dict[str, Any]:
     args = ["python", "-m", "controller", "serve", "--triton", f"127.0.0.1:{TRITON_GRPC_PORT}", "--host", "0.0.0.0",
             "--port", str(cfg.controller_port), "--max-sessions", str(cfg.max_sessions_per_pod),
-            "--triton-wait-s", str(cfg.startup_timeout_s), *cfg.controller_args]
+            "--triton-wait-s", str(cfg.startup_timeout_s), "--drain-s", str(cfg.drain_s), *cfg.controller_args]
     return {
         "name": "controller",
         "image": cfg.controller_image,
@@ -164,9 +180,8 @@ def _controller_container(cfg: FleetConfig) -> dict[str, Any]:
         "resources": {"requests": {"cpu": cfg.controller_cpu, "memory": cfg.controller_memory}},
         "readinessProbe": _http_probe("/healthz", "realtime", 5, 2),
         "livenessProbe": {"tcpSocket": {"port": "realtime"}, "periodSeconds": 10, "failureThreshold": 3},
-        # Endpoints drop a terminating pod asynchronously: wait a little before SIGTERM closes the sessions,
-        # so no new session lands on a pod that is going away.
-        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+        # Endpoints drop a terminating pod asynchronously: a short wait before SIGTERM starts the drain.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_LEAD_S)]}}},
     }
 
 
@@ -230,7 +245,7 @@ def _autoscaler(cfg: FleetConfig) -> dict[str, Any]:
             "minReplicas": cfg.replicas, "maxReplicas": cfg.max_replicas,
             "metrics": [{"type": "Pods", "pods": {"metric": {"name": "controller_sessions_active"},
                                                   "target": {"type": "AverageValue", "averageValue": str(target)}}}],
-            # Removing a pod ends its conversations (the controller closes them on SIGTERM): scale in slowly,
+            # Removing a pod ends the conversations still open after its drain: scale in slowly,
             # one pod per 5 minutes after 10 quiet minutes; scale out as fast as pods can load.
             "behavior": {
                 "scaleDown": {"stabilizationWindowSeconds": 600,
@@ -266,6 +281,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service-type", default=d.service_type, choices=SERVICE_TYPES)
     p.add_argument("--max-sessions-per-pod", type=int, default=d.max_sessions_per_pod)
     p.add_argument("--startup-timeout-s", type=int, default=d.startup_timeout_s)
+    p.add_argument("--drain-s", type=int, default=d.drain_s,
+                   help="a stopping pod's time for its open conversations to end")
+    p.add_argument("--termination-grace-s", type=int, default=d.termination_grace_s)
     p.add_argument("--max-replicas", type=int, default=None,
                    help="add an autoscaler between --replicas and this, on the controllers' open sessions")
     p.add_argument("--target-sessions-per-pod", type=int, default=None,
@@ -278,7 +296,8 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
                        overrides=tuple(args.set), gpus_per_pod=args.gpus_per_pod,
                        checkpoints_claim=args.checkpoints_claim, api_keys_secret=args.api_keys_secret,
                        service_type=args.service_type, max_sessions_per_pod=args.max_sessions_per_pod,
-                       startup_timeout_s=args.startup_timeout_s, max_replicas=args.max_replicas,
+                       startup_timeout_s=args.startup_timeout_s, drain_s=args.drain_s,
+                       termination_grace_s=args.termination_grace_s, max_replicas=args.max_replicas,
                        target_sessions_per_pod=args.target_sessions_per_pod)
 
 

@@ -167,3 +167,66 @@ def test_shutdown_closes_a_speaking_session_and_its_tokenizer_stream_at_once():
     finally:
         c.stop()
     assert backend.open == 0 and backend.tokenizer_cancels == 1
+
+
+def test_drain_refuses_new_sessions_and_lets_open_ones_finish():
+    """A planned stop with drain: new sessions get 503 ``draining`` and /healthz 503 (a load balancer sends
+    them elsewhere); the open conversation goes on (a whole turn answered) and, once it ends, the stop
+    completes without waiting out the drain time."""
+    c = controller()
+    c.__enter__()
+    url = f"ws://127.0.0.1:{c.port}/v1/realtime"
+
+    async def go():
+        async with websockets.connect(url) as ws:
+            await recv_type(ws, "session.created")
+            stopping = asyncio.ensure_future(asyncio.to_thread(c.stop, 20.0))
+            for _ in range(100):  # until the server drains
+                if get(c.port, "/healthz")[0] == 503:
+                    break
+                await asyncio.sleep(0.05)
+            status, body = get(c.port, "/healthz")
+            assert status == 503 and json.loads(body)["draining"] is True
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(url):
+                    pass
+            assert refused.value.response.status_code == 503 and b"draining" in refused.value.response.body
+            for chunk in (speech(800), silence(800)):  # the open session still holds a turn
+                for i in range(0, len(chunk), 960):
+                    await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16_b64(chunk[i:i + 960])}))
+            assert (await recv_type(ws, "response.done"))["response"]["status"] == "completed"
+            assert not stopping.done()
+            t0 = time.monotonic()
+        await asyncio.wait_for(stopping, 10)  # the client left: the stop ends now, not after 20 s
+        assert time.monotonic() - t0 < 5
+
+    try:
+        asyncio.run(go())
+    finally:
+        c.stop()
+
+
+def test_drain_time_over_closes_the_remaining_sessions():
+    c = controller()
+    c.__enter__()
+
+    async def go():
+        async with websockets.connect(f"ws://127.0.0.1:{c.port}/v1/realtime") as ws:
+            await recv_type(ws, "session.created")
+            t0 = time.monotonic()
+            await asyncio.wait_for(asyncio.to_thread(c.stop, 1.0), 15)
+            assert 1.0 <= time.monotonic() - t0 < 8
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await recv_type(ws, "never")
+            assert closed.value.rcvd.code == 1001
+
+    try:
+        asyncio.run(go())
+    finally:
+        c.stop()
+
+
+def test_drain_option_is_checked():
+    from controller.__main__ import main
+
+    assert main(["serve", "--drain-s", "-1"]) == 2

@@ -83,6 +83,18 @@ def test_pod_is_wired_together():
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def test_a_stopping_pod_drains_before_triton_stops():
+    cfg = FleetConfig(drain_s=30, termination_grace_s=70)
+    manifests = render(cfg)
+    containers = _containers(manifests)
+    ctl = containers["controller"]["args"]
+    assert ctl[ctl.index("--drain-s") + 1] == "30"
+    lead = int(containers["controller"]["lifecycle"]["preStop"]["exec"]["command"][-1])
+    held = int(containers["triton"]["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert held >= lead + 30  # Triton's SIGTERM comes after the controller's lead and its whole drain
+    assert _pod(manifests)["spec"]["terminationGracePeriodSeconds"] == 70 >= held
+
+
 def test_gpus_follow_the_deployment_config():
     assert _containers(render(FleetConfig(overrides=("chat_llm.tensor_parallel_size=8",))))["triton"][
         "resources"]["limits"]["nvidia.com/gpu"] == 8
@@ -122,6 +134,7 @@ def test_autoscaled_metric_is_the_controllers():
     ({"controller_port": 8001}, "controller_port"),
     ({"service_type": "Ingress"}, "service_type"),
     ({"service_port": 0}, "service_port"),
+    ({"drain_s": 120}, "termination_grace_s=90"),
     ({"replicas": 3, "max_replicas": 2}, "max_replicas"),
     ({"max_replicas": 4, "target_sessions_per_pod": 65}, "target_sessions_per_pod"),
 ])
