@@ -133,6 +133,10 @@ def _http_probe(path: str, port: str, period_s: int, failures: int) -> dict[str,
             "timeoutSeconds": 5}
 
 
+def _startup_checks(cfg: FleetConfig, period_s: int) -> int:
+    return -(-cfg.startup_timeout_s // period_s)  # ceil: checks that cover the startup timeout
+
+
 def _triton_container(cfg: FleetConfig, gpus: int) -> dict[str, Any]:
     args = ["python3", "-m", "export", "serve", "--preset", cfg.preset, "--out", REPOSITORY_DIR]
     for item in cfg.overrides:
@@ -155,7 +159,7 @@ def _triton_container(cfg: FleetConfig, gpus: int) -> dict[str, Any]:
                   {"name": "triton-grpc", "containerPort": TRITON_GRPC_PORT},
                   {"name": "triton-metrics", "containerPort": TRITON_METRICS_PORT}],
         "resources": resources,
-        "startupProbe": _http_probe("/v2/health/ready", "triton-http", period_s, -(-cfg.startup_timeout_s // period_s)),
+        "startupProbe": _http_probe("/v2/health/ready", "triton-http", period_s, _startup_checks(cfg, period_s)),
         "readinessProbe": _http_probe("/v2/health/ready", "triton-http", period_s, 3),
         "livenessProbe": _http_probe("/v2/health/live", "triton-http", period_s, 6),
         "volumeMounts": [{"name": "checkpoints", "mountPath": CHECKPOINTS_MOUNT, "readOnly": True},
@@ -178,6 +182,10 @@ def _controller_container(cfg: FleetConfig) -> dict[str, Any]:
                  "valueFrom": {"secretKeyRef": {"name": cfg.api_keys_secret, "key": "keys"}}}],
         "ports": [{"name": "realtime", "containerPort": cfg.controller_port}],
         "resources": {"requests": {"cpu": cfg.controller_cpu, "memory": cfg.controller_memory}},
+        # The controller opens its port only once its Triton answers (models loaded): until then the startup
+        # probe holds the liveness probe back, for as long as Triton may take.
+        "startupProbe": {"tcpSocket": {"port": "realtime"}, "periodSeconds": 10,
+                         "failureThreshold": _startup_checks(cfg, 10) + 3},
         "readinessProbe": _http_probe("/healthz", "realtime", 5, 2),
         "livenessProbe": {"tcpSocket": {"port": "realtime"}, "periodSeconds": 10, "failureThreshold": 3},
         # Endpoints drop a terminating pod asynchronously: a short wait before SIGTERM starts the drain.

@@ -83,6 +83,16 @@ def test_pod_is_wired_together():
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+@pytest.mark.parametrize("startup_timeout_s", [1800, 95])
+def test_no_liveness_check_before_the_models_can_have_loaded(startup_timeout_s):
+    """Both containers wait for Triton's models (the controller opens its port only then): a liveness probe
+    before that would restart them in the middle of loading. Each has a startup probe covering the timeout."""
+    for c in _containers(render(FleetConfig(startup_timeout_s=startup_timeout_s))).values():
+        assert "livenessProbe" in c
+        startup = c["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= startup_timeout_s, c["name"]
+
+
 def test_a_stopping_pod_drains_before_triton_stops():
     cfg = FleetConfig(drain_s=30, termination_grace_s=70)
     manifests = render(cfg)
