@@ -23,6 +23,7 @@ the open ones get that long to end); Triton's SIGTERM is held back by a preStop 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,11 @@ class FleetConfig:
 
     def check(self) -> DeploymentConfig:
         """The deployment config these manifests serve (preset + overrides), after checking every field."""
-        if not self.name or not self.name.replace("-", "").isalnum() or self.name != self.name.lower():
-            raise ConfigError(f"name={self.name!r}: lower-case letters, digits and '-' only")
+        for key in ("name", "namespace"):  # DNS labels; the Services add "-realtime" / "-triton" to the name
+            value = getattr(self, key)
+            if value is not None and not re.fullmatch(r"[a-z]([-a-z0-9]{0,48}[a-z0-9])?", value):
+                raise ConfigError(f"{key}={value!r}: 1-50 lower-case letters, digits and '-', from a letter to a "
+                                  "letter or digit")
         for key in ("replicas", "max_sessions_per_pod", "startup_timeout_s", "shm_gib", "termination_grace_s",
                     "drain_s"):
             if getattr(self, key) < 1:

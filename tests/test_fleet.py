@@ -141,6 +141,8 @@ def test_autoscaled_metric_is_the_controllers():
     ({"overrides": ("chat_llm.nope=1",)}, "chat_llm.nope"),
     ({"preset": "tpu"}, "unknown preset"),
     ({"name": "Step_Audio"}, "name="),
+    ({"name": "x" * 51}, "name="),
+    ({"namespace": "voice-"}, "namespace="),
     ({"controller_port": 8001}, "controller_port"),
     ({"service_type": "Ingress"}, "service_type"),
     ({"service_port": 0}, "service_port"),
