@@ -186,6 +186,9 @@ def _controller_container(cfg: FleetConfig) -> dict[str, Any]:
                  "valueFrom": {"secretKeyRef": {"name": cfg.api_keys_secret, "key": "keys"}}}],
         "ports": [{"name": "realtime", "containerPort": cfg.controller_port}],
         "resources": {"requests": {"cpu": cfg.controller_cpu, "memory": cfg.controller_memory}},
+        # its image runs as an unprivileged user and writes no files (logs go to stdout)
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
         # The controller opens its port only once its Triton answers (models loaded): until then the startup
         # probe holds the liveness probe back, for as long as Triton may take.
         "startupProbe": {"tcpSocket": {"port": "realtime"}, "periodSeconds": 10,

@@ -250,3 +250,7 @@ def test_controller_image_stays_light():
     installs = [line for line in _dockerfile("Dockerfile.controller") if "pip install" in line]
     assert installs and all('".[controller]"' in line for line in installs)
     assert not any(extra in line for line in installs for extra in ("models", "serve]", "torch"))
+    # the fleet runs it with runAsNonRoot, which the kubelet can only verify for a numeric user
+    (user,) = [line.split()[1] for line in _dockerfile("Dockerfile.controller") if line.startswith("USER ")]
+    assert user.isdigit() and int(user) > 0
+    assert _containers(render(FleetConfig()))["controller"]["securityContext"]["runAsNonRoot"] is True
