@@ -247,6 +247,9 @@ def render(cfg: FleetConfig) -> list[dict[str, Any]]:
     }
     manifests = [deployment, realtime, triton, pdb]
     if cfg.max_replicas is not None:
+        # the autoscaler owns the count (its minReplicas is --replicas): a replicas field here would reset
+        # it at every `kubectl apply`
+        del deployment["spec"]["replicas"]
         manifests.append(_autoscaler(cfg))
     return manifests
 

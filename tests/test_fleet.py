@@ -127,6 +127,7 @@ def test_autoscaler_scales_the_deployment_on_open_sessions():
     target = render(FleetConfig(max_replicas=4, target_sessions_per_pod=10))[-1]["spec"]["metrics"][0]
     assert target["pods"]["target"]["averageValue"] == "10"
     assert all(m["kind"] != "HorizontalPodAutoscaler" for m in render(FleetConfig()))
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns the count; `kubectl apply` keeps it
 
 
 def test_autoscaled_metric_is_the_controllers():
