@@ -72,14 +72,11 @@ def utterance(text: str, seed: int = 0, rate_hz: int = RATE_HZ) -> tuple[np.ndar
         return espeak_speech(text, rate_hz), f"espeak-ng ({espeak_version()}) via sox"
     from client.audio_io import read_wav
     from client.demo_conversation import SAMPLES
-    from controller.resample import StreamingResampler
+    from client.realtime import resample
 
     name = BUNDLED_UTTERANCES[seed % len(BUNDLED_UTTERANCES)]
     audio, sr = read_wav(SAMPLES / f"{name}.wav")
-    if sr != rate_hz:
-        r = StreamingResampler(sr, rate_hz)
-        audio = np.concatenate([r.process(np.asarray(audio, dtype=np.float32)), r.flush()])
-    return audio.astype(np.float32), f"bundled espeak-ng recording client/samples/{name}.wav (espeak-ng or sox missing)"
+    return resample(audio, sr, rate_hz), f"bundled espeak-ng recording client/samples/{name}.wav (espeak-ng or sox missing)"
 
 
 def pcm16_b64(x: np.ndarray) -> str:

@@ -35,14 +35,19 @@ def from_pcm16_b64(data: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(data), dtype="<i2").astype(np.float32) / 32768.0
 
 
-def to_24k(audio: np.ndarray, sample_rate_hz: int) -> np.ndarray:
-    """Mono float audio at any rate -> 24 kHz (the controller's own streaming resampler, numpy only)."""
-    if sample_rate_hz == RATE_HZ:
+def resample(audio: np.ndarray, sample_rate_hz: int, to_rate_hz: int) -> np.ndarray:
+    """Mono float audio from one rate to another (the controller's own streaming resampler, numpy only)."""
+    if sample_rate_hz == to_rate_hz:
         return np.asarray(audio, dtype=np.float32)
     from controller.resample import StreamingResampler
 
-    r = StreamingResampler(sample_rate_hz, RATE_HZ)
+    r = StreamingResampler(sample_rate_hz, to_rate_hz)
     return np.concatenate([r.process(np.asarray(audio, dtype=np.float32)), r.flush()]).astype(np.float32)
+
+
+def to_24k(audio: np.ndarray, sample_rate_hz: int) -> np.ndarray:
+    """Mono float audio at any rate -> 24 kHz, the Realtime protocol's rate."""
+    return resample(audio, sample_rate_hz, RATE_HZ)
 
 
 @dataclass

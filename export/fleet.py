@@ -31,6 +31,7 @@ from typing import Any
 from export.deploy_config import ConfigError, DeploymentConfig, load_config
 
 TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8000, 8001, 8002
+TRITON_PORTS = (TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT)
 CHECKPOINTS_MOUNT = "/checkpoints"  # docker/Dockerfile.triton's CHECKPOINTS
 REPOSITORY_DIR = "/opt/stepaudio/build/model_repository"  # where that image renders the repository
 SERVICE_TYPES = ("ClusterIP", "LoadBalancer", "NodePort")
@@ -83,7 +84,7 @@ class FleetConfig:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 1 <= self.service_port <= 65535:
             raise ConfigError(f"service_port={self.service_port}: a port in 1..65535")
-        if not 1 <= self.controller_port <= 65535 or self.controller_port in _triton_ports():
+        if not 1 <= self.controller_port <= 65535 or self.controller_port in TRITON_PORTS:
             raise ConfigError(f"controller_port={self.controller_port}: a port in 1..65535 other than Triton's "
                               "8000-8002 (the two containers share the pod's network)")
         if self.termination_grace_s < self.drain_s + PRESTOP_LEAD_S + TRITON_STOP_S:
@@ -112,10 +113,6 @@ class FleetConfig:
 
 _SECTIONS = ("audio_tokenizer", "audio_tokenizer_stream", "chat_llm", "tts_lm", "tts", "speaker_embedding",
              "token2wav", "asr")
-
-
-def _triton_ports() -> tuple[int, ...]:
-    return TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT
 
 
 def _meta(cfg: FleetConfig, name: str, component: str | None = None) -> dict[str, Any]:

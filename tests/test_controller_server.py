@@ -36,6 +36,21 @@ async def recv_type(ws, type_: str) -> dict:
             return ev
 
 
+async def speak_turn(ws) -> dict:
+    """Speech then silence in 40 ms frames (24 kHz); the turn's ``response.done``."""
+    for chunk in (speech(800), silence(800)):
+        for i in range(0, len(chunk), 960):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16_b64(chunk[i:i + 960])}))
+    return await recv_type(ws, "response.done")
+
+
+async def expect_going_away(ws) -> None:
+    """The server closes the connection with 1001 (going away)."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await recv_type(ws, "never")
+    assert closed.value.rcvd.code == 1001
+
+
 def test_keys_are_checked():
     with controller(api_keys=("k1", "k2")) as c:
         url = f"ws://127.0.0.1:{c.port}/v1/realtime?model=x"
@@ -102,11 +117,7 @@ def test_session_limit_and_frame_limits():
                 assert e.value.response.status_code == 503
                 await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "A" * 8000}))
                 assert (await recv_type(ws, "error"))["error"]["code"] == "frame_too_large"
-                # the session still works
-                for chunk in (speech(800), silence(800)):
-                    for i in range(0, len(chunk), 960):
-                        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16_b64(chunk[i:i + 960])}))
-                assert (await recv_type(ws, "response.done"))["response"]["status"] == "completed"
+                assert (await speak_turn(ws))["response"]["status"] == "completed"  # the session still works
                 # past four times the limit the connection is closed (1009: message too big)
                 await ws.send("x" * (4 * 4096 + 1))
                 with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -158,9 +169,7 @@ def test_shutdown_closes_a_speaking_session_and_its_tokenizer_stream_at_once():
             t0 = time.monotonic()
             await asyncio.wait_for(asyncio.to_thread(c.stop), 10)
             assert time.monotonic() - t0 < 5
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await recv_type(ws, "never")
-            assert closed.value.rcvd.code == 1001
+            await expect_going_away(ws)
 
     try:
         asyncio.run(go())
@@ -191,10 +200,7 @@ def test_drain_refuses_new_sessions_and_lets_open_ones_finish():
                 async with websockets.connect(url):
                     pass
             assert refused.value.response.status_code == 503 and b"draining" in refused.value.response.body
-            for chunk in (speech(800), silence(800)):  # the open session still holds a turn
-                for i in range(0, len(chunk), 960):
-                    await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16_b64(chunk[i:i + 960])}))
-            assert (await recv_type(ws, "response.done"))["response"]["status"] == "completed"
+            assert (await speak_turn(ws))["response"]["status"] == "completed"  # the open session still holds a turn
             assert not stopping.done()
             t0 = time.monotonic()
         await asyncio.wait_for(stopping, 10)  # the client left: the stop ends now, not after 20 s
@@ -216,9 +222,7 @@ def test_drain_time_over_closes_the_remaining_sessions():
             t0 = time.monotonic()
             await asyncio.wait_for(asyncio.to_thread(c.stop, 1.0), 15)
             assert 1.0 <= time.monotonic() - t0 < 8
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await recv_type(ws, "never")
-            assert closed.value.rcvd.code == 1001
+            await expect_going_away(ws)
 
     try:
         asyncio.run(go())

@@ -4,7 +4,7 @@ and torchaudio; the controller runs the ONNX file with onnxruntime alone), and c
     python tools/fetch_silero_vad.py DEST [--version 6.2.3] [--sha256 HEX]
 
 Used by ``tools/setup_venv.sh`` and ``docker/Dockerfile.controller``; does nothing when DEST already holds
-the expected file. The sha256 is the one ``controller.vad`` checks.
+the expected file. The sha256 is the one ``controller.vad`` checks (the project is installed first, in both).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import sys
 import tempfile
 import zipfile
 
+from controller.vad import SILERO_SHA256 as SHA256
+
 VERSION = "6.2.3"
-SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
 MEMBER = "silero_vad/data/silero_vad.onnx"
 
 
